@@ -1,0 +1,159 @@
+"""Atomic file writes, checksums and the safetensors network-file format shared by every stage."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+NETWORK_FORMAT = "edm2lib.network/1"  # metadata["edm2lib"]["format"] of every network file
+META_KEY = "edm2lib"  # safetensors metadata is str -> str: all our metadata is one JSON string
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename inside `path` durable (no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_file(path: str | os.PathLike) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; it is fsynced and renamed onto `path` only if the block succeeds.
+
+    The temporary name keeps the final suffix (``.x.tmp.h5``) so writers that infer a format from it work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory beside `path`, renamed onto `path` (which must not exist) on success."""
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} already exists; refusing to overwrite a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                _fsync_file(f)
+        fsync_dir(tmp)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_tensors(
+    path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]
+) -> None:
+    """Write tensors + a JSON-serialisable `meta` dict as one safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata={META_KEY: json.dumps(dict(meta), sort_keys=True)})
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata dict of a safetensors file written by `save_tensors`, without reading any tensor."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
+    if raw is None:
+        raise ValueError(f"{path}: safetensors file has no '{META_KEY}' metadata; not written by edm2lib")
+    return json.loads(raw)
+
+
+def save_network(
+    path: str | os.PathLike,
+    state_dict: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any],
+    dtype: torch.dtype | None = torch.float16,
+    **meta: Any,
+) -> None:
+    """Write a network file: `state_dict` (official key names, cast to `dtype` unless None), the
+    `Precond` constructor keywords `config`, and extra metadata (nimg, sigma_rel, gamma, ...)."""
+    tensors = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in state_dict.items()
+    }
+    save_tensors(path, tensors, {"format": NETWORK_FORMAT, "config": dict(config), **meta})
+
+
+def read_network_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """Metadata of a network file, checking that it is one."""
+    meta = read_meta(path)
+    if meta.get("format") != NETWORK_FORMAT:
+        raise ValueError(f"{path}: format {meta.get('format')!r} is not a network file ({NETWORK_FORMAT})")
+    return meta
+
+
+def load_network(
+    path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Build the `Precond` recorded in a network file and load its weights (strict); eval mode, no grad."""
+    from safetensors.torch import load_file
+
+    from edm2lib.networks import Precond
+
+    meta = read_network_meta(path)
+    net = Precond(**meta["config"])
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not match the recorded config: {e}") from e
+    return net.to(device).eval().requires_grad_(False), meta
