@@ -1,0 +1,111 @@
+"""Power-function EMA math: sigma_rel <-> gamma, per-step beta, profile inner products, the post-hoc solve."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+SIGMA_REL_MAX = 0.28  # sigma_rel(gamma) -> sqrt(1/12) ~ 0.2887 as gamma -> 0; above ~0.28 gamma is not useful
+
+
+def _check_sigma_rel(sigma_rel: np.ndarray) -> None:
+    bad = sigma_rel[~((sigma_rel > 0) & (sigma_rel < SIGMA_REL_MAX))]
+    if bad.size:
+        raise ValueError(
+            f"sigma_rel {bad.tolist()} outside (0, {SIGMA_REL_MAX}); pick relative EMA lengths in that range"
+        )
+
+
+def sigma_rel_to_gamma(sigma_rel: float | Sequence[float] | np.ndarray) -> float | np.ndarray:
+    """The power-function exponent gamma whose averaging profile has relative width `sigma_rel`."""
+    s = np.asarray(sigma_rel, dtype=np.float64)
+    _check_sigma_rel(s.reshape(-1))
+    out = []
+    for v in s.reshape(-1):
+        # EDM2-FACTS 7 / EDM2 eq. 3: largest real root of g^3 + 7g^2 + (16 - s^-2)g + (12 - s^-2) = 0
+        roots = np.roots([1.0, 7.0, 16.0 - v**-2, 12.0 - v**-2])
+        out.append(roots[np.isreal(roots)].real.max())
+    g = np.asarray(out, dtype=np.float64).reshape(s.shape)
+    return float(g) if g.ndim == 0 else g
+
+
+def gamma_to_sigma_rel(gamma: float | np.ndarray) -> float | np.ndarray:
+    """The relative standard deviation of the power-function profile with exponent `gamma`."""
+    g = np.asarray(gamma, dtype=np.float64)
+    if np.any(~(g > 0)):
+        raise ValueError(f"gamma {g.tolist()} must be > 0")
+    s = np.sqrt((g + 1) / ((g + 2) ** 2 * (g + 3)))  # EDM2-FACTS 7 / EDM2 eq. 3
+    return float(s) if s.ndim == 0 else s
+
+
+def power_function_beta(nimg: float, batch_size: float, gamma: float) -> float:
+    """EMA decay for one training step that advanced time to `nimg` by `batch_size` images."""
+    if not 0 < batch_size <= nimg:
+        raise ValueError(f"need 0 < batch_size ({batch_size}) <= nimg ({nimg}); call after advancing nimg")
+    return (1.0 - batch_size / nimg) ** (gamma + 1.0)  # EDM2-FACTS 7: beta = (1 - dt/t)^(gamma+1)
+
+
+def profile_inner_product(t_a, gamma_a, t_b, gamma_b) -> np.ndarray:
+    """<p_a, p_b> of two power-function profiles p(tau) = (gamma+1) tau^gamma / t^(gamma+1) on [0, t]."""
+    t_a, gamma_a, t_b, gamma_b = (np.asarray(x, dtype=np.float64) for x in (t_a, gamma_a, t_b, gamma_b))
+    # EDM2-FACTS 7: closed form of the integral over [0, min(t_a, t_b)]
+    ratio = (t_a / t_b) ** np.where(t_a < t_b, gamma_b, -gamma_a)
+    return (gamma_a + 1) * (gamma_b + 1) * ratio / ((gamma_a + gamma_b + 1) * np.maximum(t_a, t_b))
+
+
+def _targets(out_nimg, out_sigma_rel) -> tuple[np.ndarray, np.ndarray]:
+    """Target (time, sigma_rel) columns: a scalar time is shared; a list gives one column per pair."""
+    t, s = np.broadcast_arrays(np.asarray(out_nimg, np.float64), np.asarray(out_sigma_rel, np.float64))
+    return t.reshape(-1), s.reshape(-1)
+
+
+def _inputs(in_nimg, in_sigma_rel) -> tuple[np.ndarray, np.ndarray]:
+    t, s = np.broadcast_arrays(np.asarray(in_nimg, np.float64), np.asarray(in_sigma_rel, np.float64))
+    t, s = t.reshape(-1), s.reshape(-1)
+    _check_sigma_rel(s)
+    pairs = list(zip(t.tolist(), s.tolist()))
+    dup = {p for p in pairs if pairs.count(p) > 1}
+    if dup:
+        raise ValueError(
+            f"duplicated input snapshots (nimg, sigma_rel): {sorted(dup)}; keep one file per pair"
+        )
+    return t, s
+
+
+def _solve(in_nimg, in_sigma_rel, out_nimg, out_sigma_rel):
+    """Per-target least-squares solve; returns (X [inputs, outputs], squared error, target norm^2)."""
+    t_in, s_in = _inputs(in_nimg, in_sigma_rel)
+    t_out, s_out = _targets(out_nimg, out_sigma_rel)
+    _check_sigma_rel(s_out)
+    g_in, g_out = sigma_rel_to_gamma(s_in).reshape(-1), sigma_rel_to_gamma(s_out).reshape(-1)
+    used_any = t_in > 0  # EDM2-FACTS 7: time-0 snapshots are ignored
+    if not used_any.any() or np.any(t_out < t_in[used_any].min()):
+        first = t_in[used_any].min() if used_any.any() else None
+        raise ValueError(
+            f"target nimg {t_out.tolist()} before the first snapshot (nimg {first}); nothing to use"
+        )
+    X = np.zeros((t_in.size, t_out.size))
+    err2, qq = np.zeros(t_out.size), np.zeros(t_out.size)
+    for k in range(t_out.size):
+        idx = np.flatnonzero(used_any & (t_in <= t_out[k]))  # EDM2-FACTS 7: only 0 < t_i <= t_out
+        ti, gi = t_in[idx], g_in[idx]
+        A = profile_inner_product(ti[:, None], gi[:, None], ti[None, :], gi[None, :])  # A_ij = <p_i, p_j>
+        b = profile_inner_product(ti, gi, t_out[k], g_out[k])  # b_i = <p_i, q_k>
+        x = np.linalg.solve(A, b)  # EDM2-FACTS 7: dense unregularised solve
+        x = x / x.sum()  # EDM2-FACTS 7: column normalised to sum 1
+        X[idx, k] = x
+        qq[k] = profile_inner_product(t_out[k], g_out[k], t_out[k], g_out[k])
+        err2[k] = x @ A @ x - 2 * x @ b + qq[k]  # ||sum_i x_i p_i - q||^2 via the Gram matrix
+    return X, err2, qq
+
+
+def posthoc_coefficients(in_nimg, in_sigma_rel, out_nimg, out_sigma_rel) -> np.ndarray:
+    """Weights X[i, k] of input snapshot i in target k (float64 [inputs, outputs], columns sum to 1)."""
+    return _solve(in_nimg, in_sigma_rel, out_nimg, out_sigma_rel)[0]
+
+
+def profile_error(in_nimg, in_sigma_rel, out_nimg, out_sigma_rel) -> np.ndarray:
+    """Relative L2 error ||reconstructed profile - ideal profile|| / ||ideal profile|| per target."""
+    _, err2, qq = _solve(in_nimg, in_sigma_rel, out_nimg, out_sigma_rel)
+    return np.sqrt(np.maximum(err2, 0.0) / qq)
