@@ -1,0 +1,156 @@
+"""One interface for the feature detectors: uint8 images in, float32 [N, dim] features out, plus identity."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edm2lib.io import sha256_file
+from edm2lib.metrics import dinov2, inception
+from edm2lib.metrics.weights import load_weights_file, resolve_weights
+
+RANDOM_INIT = "random-init"
+METRIC = {"inception": "fid", "dinov2": "fd_dinov2"}  # the result names used by EDM2 and the paper
+ARCH = {"inception": "inception-v3-tf-2015-12-05", "dinov2": "dinov2-vitl14"}
+RESIZE = {
+    "inception": "tf1-bilinear-299",  # NVIDIA's / TF1's resize_bilinear, then (x-128)/128
+    "dinov2": "torch-bicubic-antialias-224",  # EDM2's resize_mode='torch', then ImageNet mean/std
+}
+IDENTITY_KEYS = ("name", "arch", "sha256", "resize")  # what must agree between stats to compare them
+
+
+def as_nchw_uint8(images: Any) -> torch.Tensor:
+    """uint8 [N,H,W,3] or [N,3,H,W] (tensor or numpy) -> uint8 NCHW tensor; anything else is a ValueError."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"images must be a uint8 tensor or numpy array, got {type(images).__name__}")
+    if images.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8 RGB in 0..255, got dtype {images.dtype}; convert first")
+    if images.ndim != 4:
+        raise ValueError(f"images must be 4-D [N,H,W,3] or [N,3,H,W], got shape {tuple(images.shape)}")
+    if images.shape[1] == 3:
+        return images
+    if images.shape[3] == 3:
+        return images.permute(0, 3, 1, 2)
+    raise ValueError(
+        f"images of shape {tuple(images.shape)} have no 3-channel RGB axis (dim 1 or 3); "
+        "expand grayscale to RGB first"
+    )
+
+
+class Detector:
+    """A feature network plus its identity; `detector(images)` -> float32 [N, dim] on `device`."""
+
+    def __init__(self, name: str, net: torch.nn.Module, dim: int, identity: dict, device="cpu"):
+        self.name = name  # 'inception' | 'dinov2'
+        self.metric = METRIC.get(name, name)  # 'fid' | 'fd_dinov2'
+        self.dim = dim
+        self.identity = dict(identity)
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval().requires_grad_(False)
+
+    def __repr__(self) -> str:
+        return f"Detector({self.name!r}, dim={self.dim}, weights={self.identity['weights']!r})"
+
+    @torch.no_grad()
+    def __call__(self, images: Any) -> torch.Tensor:
+        x = as_nchw_uint8(images).to(self.device)
+        features = self.net(x.float())
+        if features.shape != (len(x), self.dim):
+            raise ValueError(
+                f"{self.name} produced features {tuple(features.shape)}, expected [N, {self.dim}]"
+            )
+        return features.float()
+
+
+def build_net(name: str, **arch: Any) -> tuple[torch.nn.Module, int]:
+    """The detector network with uninitialised memory (fill it by loading or `reset_random`) and its dim."""
+    if name not in METRIC:
+        raise ValueError(f"unknown detector {name!r}; expected one of {sorted(METRIC)}")
+    if name == "inception" and arch:
+        raise ValueError(f"the Inception detector has no architecture options, got {sorted(arch)}")
+    with torch.device("meta"):  # skip the default init: weights are loaded or reset right after
+        net = inception.InceptionV3() if name == "inception" else dinov2.DINOv2(**arch)
+    net = net.to_empty(device="cpu")
+    return net, inception.DIM if name == "inception" else net.norm.normalized_shape[0]
+
+
+def load_detector(
+    name: str,
+    weights: str | os.PathLike | None = None,
+    allow_random: bool = False,
+    device: str | torch.device = "cpu",
+    download: bool = True,
+    verify: bool = True,
+    seed: int = 0,
+    **arch: Any,
+) -> Detector:
+    """Detector 'inception' (FID) or 'dinov2' (FD-DINOv2) with its published weights.
+
+    Weights come from `weights`, else the cache, else a verified download (see `weights.resolve_weights`).
+    `allow_random=True` uses deterministic random weights (seed `seed`) when no file is found: the identity
+    then says 'random-init' and so does every statistic and score computed with it.
+    `arch` (DINOv2 only: embed_dim, depth, num_heads, ...) builds a smaller variant, random-init only.
+    """
+    net, dim = build_net(name, **arch)
+    if arch and not allow_random:
+        raise ValueError(f"architecture overrides {sorted(arch)} exist for random-init tests only")
+    path = sha = None
+    if not arch:
+        try:
+            path, sha = resolve_weights(name, weights, download_ok=download, verify=verify)
+        except FileNotFoundError:
+            if not allow_random or weights is not None:
+                raise
+    if path is None:
+        net.reset_random(seed)
+        label, sha = f"{RANDOM_INIT}(seed={seed}{', ' + repr(arch) if arch else ''})", RANDOM_INIT
+    else:
+        load_weights_file(net, path)
+        label = path.name
+    identity = {"name": name, "arch": ARCH[name], "weights": label, "sha256": sha, "resize": RESIZE[name]}
+    return Detector(name, net, dim, identity, device)
+
+
+def load_nvidia_inception_pkl(path: str | os.PathLike, trusted: bool = False, device="cpu") -> Detector:
+    """NVIDIA's `inception-2015-12-05.pkl` (the exact detector EDM2 runs), from a local file you trust.
+
+    DANGER: the file is a Python pickle; unpickling runs arbitrary code from it, and it needs NVIDIA's
+    `torch_utils`/`dnnlib` importable. Use only a file you downloaded yourself from NVIDIA
+    (api.ngc.nvidia.com/.../metrics/inception-2015-12-05.pkl), e.g. once to check the native port.
+    """
+    import pickle
+
+    path = Path(path)
+    if not trusted:
+        raise ValueError(
+            f"{path}: refusing to unpickle (it would run code from the file); "
+            "pass trusted=True only for NVIDIA's file that you fetched yourself"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        model = pickle.load(f)  # explicit opt-in above: the caller vouches for this file
+
+    class _Features(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            # NVIDIA's module takes uint8 NCHW and resizes/normalises internally
+            return self.model(x.to(torch.uint8), return_features=True)
+
+    identity = {
+        "name": "inception",
+        "arch": "nvidia-inception-2015-12-05-pkl",
+        "weights": path.name,
+        "sha256": sha256_file(path),
+        "resize": "nvidia-internal",
+    }
+    return Detector("inception", _Features(), inception.DIM, identity, device)
