@@ -1,0 +1,270 @@
+"""Streaming post-hoc EMA reconstruction of a (time x sigma_rel) grid, reading each snapshot byte once.
+
+Loop over tensor names; for each name read that tensor (in row chunks) from every snapshot that some target
+uses, form all targets' values with one matrix product in fp32, and append them to every output file. The
+outputs are streamed in the safetensors layout (the header is computable up front from shapes and dtypes),
+as temporary files renamed only when all of them are complete. Peak memory is
+O((snapshots + targets) x chunk), independent of the model size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import math
+import os
+import struct
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from tqdm import tqdm
+
+from edm2lib import io
+from edm2lib.phema import posthoc_coefficients, profile_error, sigma_rel_to_gamma
+
+_DTYPE_NAMES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
+CHUNK_NUMEL = 1 << 20  # elements per input per read: (snapshots + targets) x 4 MiB of fp32 at most
+
+
+def output_name(nimg: int, sigma_rel: float) -> str:
+    """File name of a reconstruction (ARCHITECTURE: time in nimg, 12 digits)."""
+    return f"phema-{int(nimg):012d}-{sigma_rel:.3f}.safetensors"
+
+
+def find_snapshots(directory: str | os.PathLike) -> list[Path]:
+    """The `snapshot-*.safetensors` files of a directory (temporary files are hidden and skipped)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: snapshot directory not found")
+    paths = sorted(directory.glob("snapshot-*.safetensors"))
+    if not paths:
+        raise FileNotFoundError(
+            f"{directory}: no snapshot-*.safetensors files; train with EMA snapshots first"
+        )
+    return paths
+
+
+def _read_inputs(paths: Sequence[Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """(path, metadata) of every snapshot, sorted by (nimg, sigma_rel), validated as EMA snapshots."""
+    inputs = []
+    for path in paths:
+        meta = io.read_network_meta(path)
+        if "nimg" not in meta or "sigma_rel" not in meta:
+            raise ValueError(f"{path}: network file without nimg/sigma_rel metadata; not an EMA snapshot")
+        inputs.append((path, meta))
+    inputs.sort(key=lambda pm: (pm[1]["nimg"], pm[1]["sigma_rel"]))
+    for (pa, ma), (pb, mb) in itertools.pairwise(inputs):
+        if (ma["nimg"], ma["sigma_rel"]) == (mb["nimg"], mb["sigma_rel"]):
+            raise ValueError(f"{pa} and {pb}: same (nimg, sigma_rel) = ({ma['nimg']}, {ma['sigma_rel']})")
+        if ma["config"] != mb["config"]:
+            raise ValueError(f"{pb}: network config differs from {pa}; snapshots of different networks")
+    return inputs
+
+
+def _layout(files: dict[Path, Any]) -> dict[str, tuple[str, list[int]]]:
+    """Tensor name -> (safetensors dtype, shape), identical across all files, else an error naming both."""
+    (first, f0), *rest = files.items()
+    layout = {k: (f0.get_slice(k).get_dtype(), list(f0.get_slice(k).get_shape())) for k in f0.keys()}  # noqa: SIM118 (safe_open handle)
+    for path, f in rest:
+        keys = set(f.keys())
+        if keys != set(layout):
+            raise ValueError(
+                f"{path}: tensor keys differ from {first}: missing {sorted(set(layout) - keys)[:5]}, "
+                f"extra {sorted(keys - set(layout))[:5]}"
+            )
+        for k, (dt, shape) in layout.items():
+            got = (f.get_slice(k).get_dtype(), list(f.get_slice(k).get_shape()))
+            if got != (dt, shape):
+                raise ValueError(f"{path}: key {k} is {got[0]}{got[1]}, but {dt}{shape} in {first}")
+    return dict(sorted(layout.items()))
+
+
+def _header(layout: Iterable[tuple[str, torch.dtype, list[int]]], meta: dict[str, Any]) -> tuple[bytes, int]:
+    """safetensors header (u64 length + JSON padded to 8 bytes) for tensors stored in `layout` order."""
+    entries: dict[str, Any] = {"__metadata__": {io.META_KEY: json.dumps(meta, sort_keys=True)}}
+    offset = 0
+    for name, dtype, shape in layout:
+        nbytes = math.prod(shape) * dtype.itemsize
+        entries[name] = {
+            "dtype": _DTYPE_NAMES[dtype],
+            "shape": shape,
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    raw = json.dumps(entries, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw, offset
+
+
+def _write(f, t: torch.Tensor) -> None:
+    f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+def _average_chunk(files: list[Any], name: str, rows: slice | None, coeffs: torch.Tensor) -> torch.Tensor:
+    """coeffs^T @ [one chunk of `name` from every file], in fp32: one read per file, [targets, numel]."""
+    parts = [(f.get_tensor(name) if rows is None else f.get_slice(name)[rows]) for f in files]
+    stack = torch.stack([p.reshape(-1).float() for p in parts])
+    del parts
+    return coeffs.T @ stack
+
+
+class _Plan:
+    """Targets of the grid, the post-hoc weights and which inputs each target uses."""
+
+    def __init__(self, inputs: list[tuple[Path, dict[str, Any]]], out_sigma_rel, out_nimg) -> None:
+        in_t = np.array([m["nimg"] for _, m in inputs], dtype=np.float64)
+        in_s = np.array([m["sigma_rel"] for _, m in inputs], dtype=np.float64)
+        times = [int(in_t.max())] if out_nimg is None else [int(t) for t in np.atleast_1d(out_nimg)]
+        self.targets = [(t, float(s)) for t in times for s in np.atleast_1d(out_sigma_rel)]
+        self.names = [output_name(t, s) for t, s in self.targets]
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"targets {self.targets} repeat a file name; list each (nimg, sigma_rel) once")
+        out_t = np.array([t for t, _ in self.targets], dtype=np.float64)
+        out_s = np.array([s for _, s in self.targets], dtype=np.float64)
+        self.X = posthoc_coefficients(in_t, in_s, out_t, out_s)  # EDM2-FACTS 7: [inputs, outputs]
+        self.errors = profile_error(in_t, in_s, out_t, out_s)
+        self.gammas = np.atleast_1d(sigma_rel_to_gamma(out_s))
+        self.used = (in_t[:, None] > 0) & (in_t[:, None] <= out_t[None, :])  # EDM2-FACTS 7: 0 < t_i <= t_out
+        self.rows = np.flatnonzero(self.used.any(axis=1))  # inputs no target uses are never read
+        self.last = [int(np.flatnonzero(self.used[:, k]).max()) for k in range(len(self.targets))]
+
+
+def _open_outputs(stack, plan: _Plan, inputs, layout, buffers, dtype, out_dir) -> list[tuple[Any, int]]:
+    """Temporary output files (renamed when `stack` closes without error) with their headers written."""
+    meta0 = inputs[plan.rows[-1]][1]
+    out_dtypes = {k: _DTYPES[dt] if k in buffers else dtype for k, (dt, _) in layout.items()}
+    outs = []
+    for k, ((t, s), name) in enumerate(zip(plan.targets, plan.names)):
+        meta = {
+            "format": io.NETWORK_FORMAT,
+            "config": meta0["config"],
+            "nimg": t,
+            "sigma_rel": s,
+            "gamma": float(plan.gammas[k]),
+            "profile_error": float(plan.errors[k]),
+            "source": [inputs[i][0].name for i in np.flatnonzero(plan.used[:, k])],
+            "buffers": sorted(buffers),
+            **({"encoder": meta0["encoder"]} if "encoder" in meta0 else {}),
+        }
+        header, nbytes = _header(((n, out_dtypes[n], shape) for n, (_, shape) in layout.items()), meta)
+        tmp = stack.enter_context(io.atomic_path(Path(out_dir) / name))
+        f = stack.enter_context(open(tmp, "wb"))  # noqa: SIM115 (closed by the stack)
+        f.write(header)
+        outs.append((f, len(header) + nbytes))
+    return outs
+
+
+def _row_spans(shape: list[int], chunk_numel: int) -> list[slice | None]:
+    """Row ranges of at most ~chunk_numel elements (None: read the tensor whole)."""
+    if not shape or math.prod(shape) <= chunk_numel:
+        return [None]
+    step = max(1, chunk_numel // max(math.prod(shape[1:]), 1))
+    return [slice(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
+
+
+def reconstruct(
+    snapshot_paths: str | os.PathLike | Iterable[str | os.PathLike],
+    out_sigma_rel: float | Sequence[float],
+    out_nimg: int | Sequence[int] | None = None,
+    *,
+    out_dir: str | os.PathLike,
+    dtype: torch.dtype = torch.float16,
+    chunk_numel: int = CHUNK_NUMEL,
+    progress: bool = True,
+) -> list[Path]:
+    """Write `phema-{nimg:012d}-{sigma_rel:.3f}.safetensors` for every (time, sigma_rel) of the grid.
+
+    `snapshot_paths`: snapshot files or a directory of them. `out_nimg`: one time or a list of times
+    (default: the latest snapshot time); the grid is times x `out_sigma_rel`. Parameters are averaged
+    (EDM2-FACTS 7), buffers (metadata `buffers`, else non-float tensors) come from the last input used.
+    """
+    if isinstance(snapshot_paths, str | os.PathLike):
+        snapshot_paths = find_snapshots(snapshot_paths) if Path(snapshot_paths).is_dir() else [snapshot_paths]
+    paths = [Path(p) for p in snapshot_paths]
+    if not paths:
+        raise ValueError("no snapshot files given")
+    inputs = _read_inputs(paths)
+    plan = _Plan(inputs, out_sigma_rel, out_nimg)
+    coeffs = torch.from_numpy(plan.X[plan.rows]).float()
+    with contextlib.ExitStack() as stack:
+        files = {i: stack.enter_context(safe_open(str(inputs[i][0]), framework="pt")) for i in plan.rows}
+        layout = _layout({inputs[i][0]: f for i, f in files.items()})
+        meta0 = inputs[plan.rows[-1]][1]
+        if "buffers" in meta0:
+            buffers = set(meta0["buffers"]) & set(layout)
+        else:
+            buffers = {k for k, (dt, _) in layout.items() if not _DTYPES[dt].is_floating_point}
+        outs = _open_outputs(stack, plan, inputs, layout, buffers, dtype, out_dir)
+        for name, (_, shape) in tqdm(layout.items(), desc="reconstruct", unit="tensor", disable=not progress):
+            if name in buffers:  # copied from the last input each target uses; one read per input
+                for i in sorted(set(plan.last)):
+                    value = files[i].get_tensor(name)
+                    for k in (k for k, j in enumerate(plan.last) if j == i):
+                        _write(outs[k][0], value)
+                continue
+            for span in _row_spans(shape, chunk_numel):
+                values = _average_chunk(list(files.values()), name, span, coeffs).to(dtype)
+                for (f, _), v in zip(outs, values):
+                    _write(f, v)
+        for (f, size), name in zip(outs, plan.names):
+            if f.tell() != size:
+                raise RuntimeError(f"{name}: wrote {f.tell()} bytes, the header promises {size}")
+            f.close()  # leaving the stack then fsyncs and renames every output
+    return [Path(out_dir) / name for name in plan.names]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m edm2lib.reconstruct",
+        description="Post-hoc EMA: reconstruct a (time x sigma_rel) grid from EMA snapshots in one read.",
+    )
+    parser.add_argument("snapshot_dir", type=Path, help="directory of snapshot-*.safetensors files")
+    parser.add_argument("out_dir", type=Path, help="where phema-<nimg>-<sigma_rel>.safetensors files go")
+    parser.add_argument("--sigma-rel", type=float, nargs="+", required=True, help="target EMA lengths")
+    parser.add_argument(
+        "--nimg", type=int, nargs="+", help="target training times (default: latest snapshot)"
+    )
+    parser.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="output precision")
+    parser.add_argument("--plot", type=Path, help="also write a PNG of target vs reconstructed profiles")
+    args = parser.parse_args(argv)
+    paths = find_snapshots(args.snapshot_dir)
+    outs = reconstruct(
+        paths, args.sigma_rel, args.nimg, out_dir=args.out_dir, dtype=getattr(torch, args.dtype)
+    )
+    for path in outs:
+        meta = io.read_network_meta(path)
+        print(f"{path}  profile_error={meta['profile_error']:.2e}")
+    if args.plot:
+        from edm2lib.phema_plot import plot_profiles
+
+        metas = [io.read_network_meta(p) for p in paths]
+        targets = [io.read_network_meta(p) for p in outs]
+        plot_profiles(
+            [m["nimg"] for m in metas],
+            [m["sigma_rel"] for m in metas],
+            [m["nimg"] for m in targets],
+            [m["sigma_rel"] for m in targets],
+            args.plot,
+        )
+
+
+if __name__ == "__main__":
+    main()
