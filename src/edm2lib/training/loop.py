@@ -1,0 +1,370 @@
+"""The EDM2 training loop: DDP + accumulation, Adam, power-function EMA, snapshots, checkpoints, preemption.
+
+Single process:   python -m edm2lib.training --config cfg.yaml
+One node, N GPUs: torchrun --standalone --nproc_per_node=N -m edm2lib.training --config cfg.yaml
+SLURM:            srun -n N python -m edm2lib.training --config cfg.yaml
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from edm2lib import io
+from edm2lib.data.dataset import open_dataset
+from edm2lib.ema import PowerFunctionEMA
+from edm2lib.loss import edm2_loss
+from edm2lib.networks import Precond
+from edm2lib.training import checkpoint, distributed, preempt
+from edm2lib.training.config import TrainConfig
+from edm2lib.training.data_sampler import ShardedSampler, derive_seed, make_generator
+from edm2lib.training.schedule import learning_rate
+
+
+@torch.no_grad()
+def zero_nonfinite_grads(params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """Replace NaN/Inf gradient entries by 0 (EDM2-FACTS 6.2, force_finite); return how many there were."""
+    count = torch.zeros([], dtype=torch.int64, device=params[0].device)
+    for p in params:
+        if p.grad is not None:
+            count += (~torch.isfinite(p.grad)).sum()
+            torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+    return count
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak allocated GPU memory, or the process's peak resident set size on the CPU, in GiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+
+
+class _Log:
+    """Rank 0 appends readable lines to log.txt (and stdout) and status records to stats.jsonl."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.text = run_dir / "log.txt"
+        self.stats = run_dir / "stats.jsonl"
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+            print(line, flush=True)
+            with open(self.text, "a") as f:
+                f.write(line + "\n")
+
+    def record(self, stats: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.stats, "a") as f:
+                f.write(json.dumps(stats, sort_keys=True) + "\n")
+
+    def truncate_stats(self, nimg: int) -> None:
+        """Drop status records beyond `nimg` (written by a run that died after its last checkpoint)."""
+        if self.enabled and self.stats.is_file():
+            lines = [ln for ln in self.stats.read_text().splitlines() if json.loads(ln)["nimg"] <= nimg]
+            with io.atomic_path(self.stats) as tmp:
+                tmp.write_text("".join(ln + "\n" for ln in lines))
+
+
+class Trainer:
+    """One rank's training state; `run()` trains to `config.duration` or until preempted."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.dist = distributed.init(cfg.device)
+        self.device = self.dist.device
+        self.rounds = cfg.rounds(self.dist.world_size)
+        self.batch_gpu = cfg.micro_batch(self.dist.world_size)
+        self.dataset = open_dataset(cfg.data)
+        self.net_kwargs = cfg.network_kwargs(self.dataset)
+        self.run_dir = Path(cfg.run_dir)
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log = _Log(self.run_dir, self.dist.is_main)
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        torch.backends.cuda.matmul.allow_tf32 = False  # EDM2-FACTS 6.3: no TF32, no reduced fp16 reductions
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank
+        self.net = Precond(**self.net_kwargs).to(self.device).train()
+        self.params = list(self.net.parameters())
+        self.optimizer = torch.optim.Adam(self.params, lr=0.0, betas=(0.9, 0.99), eps=1e-8)  # EDM2-FACTS 6.2
+        self.ema = PowerFunctionEMA(self.net, cfg.sigma_rels)
+        self.sampler = ShardedSampler(
+            len(self.dataset), cfg.seed, self.dist.rank, self.dist.world_size, self.batch_gpu
+        )
+        self.nimg = 0
+        self.t_start = time.monotonic()
+        self.elapsed_before = 0.0  # seconds spent in earlier sessions of this run
+        self.nonfinite = torch.zeros([], dtype=torch.int64, device=self.device)  # gradient entries zeroed
+        self.nonfinite_steps = torch.zeros([], dtype=torch.int64, device=self.device)
+        self._resume()
+        self.model = self.net
+        if self.dist.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.net, device_ids=ids, broadcast_buffers=False)
+
+    # ---- resume / checkpoint -------------------------------------------------------------------------
+    def _resume(self) -> None:
+        found = checkpoint.find_latest_valid(self.run_dir) if self.dist.is_main else None
+        nimg = distributed.all_reduce_max([-1 if found is None else checkpoint.nimg_of(found)], self.device)[
+            0
+        ]
+        if nimg < 0:
+            self.log(f"new run in {self.run_dir}: {self._describe()}")
+            return
+        path = checkpoint.checkpoint_dir(self.run_dir, int(nimg))
+        ckpt = checkpoint.load(path)
+        state = ckpt["state"]
+        self._check_compatible(state, path)
+        self.net.load_state_dict({k: v.to(self.device) for k, v in ckpt["net"].items()}, strict=True)
+        checkpoint.load_optimizer(self.optimizer, ckpt["optimizer"], state["param_groups"])
+        self.ema.load_state_dict({k: v.to(self.device) for k, v in ckpt["ema"].items()})
+        self._set_rng(ckpt["rng"], state["world_size"])
+        self.nimg = int(state["nimg"])
+        self.elapsed_before = float(state["elapsed_s"])
+        self.nonfinite += int(state["nonfinite_grads"])
+        self.nonfinite_steps += int(state["nonfinite_steps"])
+        self.log.truncate_stats(self.nimg)
+        self.log(f"resumed from {path} at nimg {self.nimg}: {self._describe()}")
+
+    def _describe(self) -> str:
+        d = self.dist
+        return (
+            f"{d.world_size} rank(s) on {self.device}, batch {self.cfg.batch} = {self.batch_gpu} x "
+            f"{self.rounds} round(s) x {d.world_size}, {sum(p.numel() for p in self.params):,} parameters, "
+            f"data {self.dataset}"
+        )
+
+    def _check_compatible(self, state: dict[str, Any], path: Path) -> None:
+        saved = state["config"]
+        now = self.cfg.to_dict()
+        for key in ("seed", "batch", "sigma_rels"):
+            if saved[key] != now[key]:
+                raise ValueError(
+                    f"{path}: checkpoint has {key}={saved[key]!r}, config has {now[key]!r}; "
+                    f"use a new run_dir or the original value"
+                )
+        if state["network"] != json.loads(json.dumps(self.net_kwargs)):
+            raise ValueError(f"{path}: checkpoint network {state['network']} differs from {self.net_kwargs}")
+
+    def _rng_states(self) -> dict[str, torch.Tensor]:
+        """Every rank's torch RNG states, gathered (all ranks must call it)."""
+        states = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        out = {}
+        for kind, state in states.items():
+            gathered = distributed.all_gather(state.to(self.device))
+            out.update({f"{kind}.{rank}": t.cpu() for rank, t in enumerate(gathered)})
+        return out
+
+    def _set_rng(self, states: dict[str, torch.Tensor], world_size: int) -> None:
+        if world_size != self.dist.world_size:
+            self.log(f"checkpoint was written by {world_size} ranks; RNG states not restored (not needed)")
+            return
+        torch.set_rng_state(states[f"cpu.{self.dist.rank}"])
+        if self.device.type == "cuda" and f"cuda.{self.dist.rank}" in states:
+            torch.cuda.set_rng_state(states[f"cuda.{self.dist.rank}"], self.device)
+
+    def save_checkpoint(self, extra: dict[str, Any] | None = None) -> Path | None:
+        """Collective: gather RNG states; rank 0 writes `checkpoints/ckpt-{nimg}` and prunes old ones."""
+        rng = self._rng_states()
+        path = None
+        if self.dist.is_main:
+            state = {
+                "elapsed_s": self.elapsed(),
+                "sampler": {"position": self.nimg, "seed": self.cfg.seed},
+                "world_size": self.dist.world_size,
+                "nonfinite_grads": int(self.nonfinite),
+                "nonfinite_steps": int(self.nonfinite_steps),
+                "network": self.net_kwargs,
+                "config": self.cfg.to_dict(),
+                **(extra or {}),
+            }
+            t0 = time.monotonic()
+            path = checkpoint.save(
+                self.run_dir,
+                self.nimg,
+                self.net.state_dict(),
+                self.optimizer,
+                self.ema.state_dict(),
+                rng,
+                state,
+                self.cfg.keep_checkpoints,
+            )
+            self.log(f"checkpoint {path} ({time.monotonic() - t0:.1f} s)")
+        distributed.barrier()
+        return path
+
+    # ---- training ------------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        """Training seconds over all sessions of this run."""
+        return self.elapsed_before + time.monotonic() - self.t_start
+
+    def step(self) -> torch.Tensor:
+        """One optimizer step over the global batch at `self.nimg`; returns the summed per-element loss."""
+        cfg = self.cfg
+        lr = learning_rate(self.nimg, cfg.lr_ref, cfg.t_ref, cfg.warmup)  # EDM2 eq. 16, t before the step
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros([], dtype=torch.float64, device=self.device)
+        for r in range(self.rounds):
+            start = self.sampler.micro_batch_start(self.nimg, r)
+            images, labels = self.dataset.get_batch(
+                self.sampler.positions(start, self.batch_gpu), make_generator("cpu", "data", cfg.seed, start)
+            )
+            images, labels = images.to(self.device), labels.to(self.device)
+            torch.manual_seed(derive_seed("dropout", cfg.seed, start))  # dropout draws from the global RNG
+            generator = make_generator(self.device, "loss", cfg.seed, start)
+            last = r == self.rounds - 1
+            sync = contextlib.nullcontext() if last or self.model is self.net else self.model.no_sync()
+            with sync:
+                loss = edm2_loss(
+                    self.model,
+                    images,
+                    labels,
+                    cfg.P_mean,
+                    cfg.P_std,
+                    self.net.sigma_data,
+                    generator=generator,
+                )
+                # EDM2-FACTS 6.1: sum over pixels, mean over the global batch (DDP averages over ranks)
+                (loss.sum() * (cfg.loss_scaling / (self.batch_gpu * self.rounds))).backward()
+            loss_sum += loss.detach().sum()
+        bad = zero_nonfinite_grads(self.params)
+        self.nonfinite += bad
+        self.nonfinite_steps += (bad > 0).long()
+        self.optimizer.step()
+        self.nimg += cfg.batch
+        self.ema.update(self.net, self.nimg, cfg.batch)  # EDM2-FACTS 7: after the step, nimg advanced
+        return loss_sum
+
+    def run(self) -> dict[str, Any]:
+        """Train until `duration` or a preemption signal; a summary with exit_code 0 or EXIT_PREEMPTED."""
+        cfg = self.cfg
+        self.t_start = time.monotonic()
+        flag = preempt.PreemptionFlag(lambda: self.nimg)
+        last_ckpt_time = time.monotonic()
+        window = {"loss": torch.zeros([], dtype=torch.float64, device=self.device), "t": time.monotonic()}
+        window.update(nimg=self.nimg, steps=0)
+        bar = _progress(self.dist.is_main, cfg.duration, self.nimg)
+        status: dict[str, Any] = {}
+        exit_code, reason = 0, "done"
+        try:
+            while self.nimg < cfg.duration:
+                window["loss"] += self.step()
+                window["steps"] += 1
+                if bar is not None:
+                    bar.update(cfg.batch)
+                due_time = (
+                    cfg.checkpoint_minutes > 0
+                    and time.monotonic() - last_ckpt_time >= 60 * cfg.checkpoint_minutes
+                )
+                stop, due_time = distributed.all_reduce_max(
+                    [flag.raised, self.dist.is_main and due_time], self.device
+                )
+                done = self.nimg >= cfg.duration
+                if self.nimg % cfg.status_nimg == 0 or done or stop:
+                    status = self._status(window)
+                if self.dist.is_main and ((cfg.snapshot_nimg and self.nimg % cfg.snapshot_nimg == 0) or done):
+                    self._snapshot()
+                ckpt_due = cfg.checkpoint_nimg and self.nimg % cfg.checkpoint_nimg == 0
+                if ckpt_due or due_time or stop or done:
+                    extra = (
+                        {"preempt": {"signal": flag.signum, "signal_nimg": flag.signal_nimg}} if stop else {}
+                    )
+                    self.save_checkpoint(extra)
+                    last_ckpt_time = time.monotonic()
+                if stop:
+                    exit_code, reason = preempt.EXIT_PREEMPTED, "preempted"
+                    self.log(
+                        f"preempted (signal {flag.signum} at nimg {flag.signal_nimg}), stopped at {self.nimg}"
+                    )
+                    if self.dist.is_main:
+                        preempt.maybe_requeue(cfg.requeue, self.log)
+                    break
+        finally:
+            flag.restore()
+            if bar is not None:
+                bar.close()
+        return {
+            "status": reason,
+            "exit_code": exit_code,
+            "nimg": self.nimg,
+            "elapsed_s": self.elapsed(),
+            "nonfinite_grads": int(self.nonfinite),
+            "nonfinite_steps": int(self.nonfinite_steps),
+            "last_status": status,
+            "run_dir": str(self.run_dir),
+        }
+
+    def _status(self, window: dict[str, Any]) -> dict[str, Any]:
+        """Collective: loss averaged over ranks and steps since the last status line; rank 0 logs it."""
+        now = time.monotonic()
+        loss = distributed.all_reduce_sum(window["loss"].clone())
+        images = self.nimg - window["nimg"]
+        elements = images * self.dataset.channels * self.dataset.resolution**2
+        seconds = max(now - window["t"], 1e-9)
+        stats = {
+            "nimg": self.nimg,
+            "loss": float(loss) / max(elements, 1),
+            "lr": learning_rate(self.nimg - self.cfg.batch, self.cfg.lr_ref, self.cfg.t_ref, self.cfg.warmup),
+            "images_per_s": images / seconds,
+            "sec_per_step": seconds / max(window["steps"], 1),
+            "peak_mem_gib": peak_memory_gib(self.device),
+            "nonfinite_grads": int(self.nonfinite),
+            "nonfinite_steps": int(self.nonfinite_steps),
+            "elapsed_s": self.elapsed(),
+        }
+        self.log.record(stats)
+        self.log(
+            f"nimg {stats['nimg']:>12,d}  loss {stats['loss']:.4f}  lr {stats['lr']:.3e}  "
+            f"{stats['images_per_s']:.1f} img/s  {stats['sec_per_step']:.3f} s/step  "
+            f"mem {stats['peak_mem_gib']:.2f} GiB  nonfinite {stats['nonfinite_grads']}"
+        )
+        window.update(loss=torch.zeros_like(window["loss"]), t=now, nimg=self.nimg, steps=0)
+        return stats
+
+    def _snapshot(self) -> None:
+        paths = self.ema.save_snapshots(
+            self.run_dir / "snapshots",
+            self.net,
+            self.nimg,
+            config=self.net.config,
+            encoder=self.dataset.encoder,
+            source=f"edm2lib training run {self.run_dir.name}",
+        )
+        self.log(f"snapshots {', '.join(p.name for p in paths)}")
+
+
+def _progress(enabled: bool, total: int, initial: int) -> Any:
+    """A tqdm bar in images on rank 0 when stderr is a terminal, else None."""
+    if not (enabled and sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="img", unit_scale=True, dynamic_ncols=True)
+
+
+def train(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
+    """Train (resuming from the newest valid checkpoint in run_dir) and return a summary dict."""
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    try:
+        return Trainer(cfg).run()
+    finally:
+        distributed.shutdown()
