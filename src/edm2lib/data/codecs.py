@@ -104,17 +104,13 @@ class VAECodec:
         z = mean + std * noise  # EDM2-FACTS 6.6: sample the posterior anew on every use
         return z * self._per_channel(self.scale, z.device) + self._per_channel(self.bias, z.device)
 
-    @torch.no_grad()
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Network-space latents [B,4,h,w] -> uint8 [B,H,W,3] (clamp(0,1)*255, truncated as EDM2 does)."""
-        vae = self.vae
+        """Network-space latents [B,4,h,w] -> uint8 [B,H,W,3] on the CPU (EDM2-FACTS 6.6)."""
+        from edm2lib.data.vae import decode_latents
+
         x = x.to(self.device, torch.float32)
-        z = (x - self._per_channel(self.bias, x.device)) / self._per_channel(self.scale, x.device)
-        outs = []
-        for chunk in z.split(DECODE_BATCH):
-            y = vae.decode(chunk)["sample"]  # EDM2-FACTS 6.6: VAE output is in [0, 1] pixel units
-            outs.append((y.clamp(0, 1) * 255).to(torch.uint8))  # truncating cast, EDM2-FACTS 6.6
-        return torch.cat(outs).permute(0, 2, 3, 1).contiguous()
+        z = (x - self._per_channel(self.bias, x.device)) / self._per_channel(self.scale, x.device)  # undo 6.6
+        return decode_latents(self.vae, z)
 
 
 Codec = PixelCodec | VAECodec

@@ -13,15 +13,25 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 LABEL_FILES = ("dataset.json",)  # found automatically at the root of a folder or zip (EDM2 layout)
 
 
-def image_extensions() -> set[str]:
-    """Lower-case extensions PIL can open (``.jpg``, ``.png``, ``.jpeg``, ``.gif``, ``.webp``, ...)."""
-    Image.init()
-    return {ext.lower() for ext in Image.registered_extensions()}
+# raster formats PIL decodes without external tools; other files in a source are ignored
+IMAGE_EXTENSIONS = {
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".jfif",
+    ".png",
+    ".apng",
+    ".gif",
+    ".bmp",
+    ".dib",
+    ".tif",
+    ".tiff",
+}
+IMAGE_EXTENSIONS |= {".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".qoi"}
 
 
 @dataclass
@@ -111,13 +121,6 @@ def _assign(
     problems: list[tuple[str, str]] = []
     label_files = [n for n in names if n in LABEL_FILES]
     images = sorted(n for n in names if PurePosixPath(n).suffix.lower() in exts)
-    others = sorted(set(names) - set(images) - set(label_files))
-    problems += [
-        (n, "not an image extension; ignored")
-        for n in others
-        if not PurePosixPath(n).name.startswith(".")
-        and PurePosixPath(n).suffix.lower() not in (".csv", ".json")
-    ]
     if not images:
         raise ValueError(f"{where}: no image files found (extensions such as .jpg, .png)")
     if labels is None and label_files:
@@ -163,7 +166,7 @@ def open_source(source: str | os.PathLike, labels: str | os.PathLike | None = No
 
         return fashion_mnist_source(text.partition(":")[2] or None)
     path = Path(source)
-    exts = image_extensions()
+    exts = IMAGE_EXTENSIONS
     if path.is_dir():
         names = _list_folder(path)
         zip_problems: list[tuple[str, str]] = []
