@@ -77,6 +77,8 @@ def save(
     opt_tensors, groups = optimizer_tensors(optimizer)
     final = checkpoint_dir(run_dir, nimg)
     meta = {"format": FORMAT, "nimg": int(nimg)}
+    if final.exists():  # left by an earlier session that died after it (or corrupt): this state replaces it
+        shutil.rmtree(final)
     with io.atomic_dir(final) as tmp:
         io.save_tensors(tmp / "net.safetensors", {k: v.float() for k, v in net_state.items()}, meta)
         io.save_tensors(tmp / "optimizer.safetensors", opt_tensors, meta)

@@ -13,6 +13,7 @@ import os
 import resource
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,14 @@ class Trainer:
 
     # ---- resume / checkpoint -------------------------------------------------------------------------
     def _resume(self) -> None:
-        found = checkpoint.find_latest_valid(self.run_dir) if self.dist.is_main else None
+        found = None
+        if self.dist.is_main:
+            with warnings.catch_warnings(record=True) as skipped:
+                warnings.simplefilter("always")
+                found = checkpoint.find_latest_valid(self.run_dir)
+            for w in skipped:
+                self.log(f"warning: {w.message}")
+                warnings.warn(w.message, stacklevel=2)
         nimg = distributed.all_reduce_max([-1 if found is None else checkpoint.nimg_of(found)], self.device)[
             0
         ]

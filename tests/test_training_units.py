@@ -1,0 +1,188 @@
+"""Training engine parts: lr schedule, config checks, sampler, node lists, checkpoints, non-finite grads."""
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from edm2lib.training import checkpoint, distributed, loop
+from edm2lib.training.config import TrainConfig
+from edm2lib.training.data_sampler import ShardedSampler
+from edm2lib.training.schedule import learning_rate
+from training_fixtures import tiny_config
+
+torch.set_num_threads(1)
+
+
+def test_lr_is_zero_on_the_first_step_and_linear_during_warmup():
+    assert learning_rate(0, 0.01, 1000, 100) == 0.0
+    assert learning_rate(25, 0.01, 1000, 100) == pytest.approx(0.0025)
+    assert learning_rate(100, 0.01, 1000, 100) == pytest.approx(0.01)
+    assert learning_rate(1000, 0.01, 1000, 100) == pytest.approx(0.01)
+
+
+def test_lr_decays_as_inverse_sqrt_after_t_ref():
+    assert learning_rate(4000, 0.01, 1000, 100) == pytest.approx(0.005)
+    assert learning_rate(9000, 0.01, 1000, 100) == pytest.approx(0.01 / 3)
+    # EDM2-FACTS 3: XS at 2048 Mi images with t_ref = 70k batches of 2048: alpha_ref / 3.87
+    ratio = 0.012 / learning_rate(2048 * 2**20, 0.012, 70000 * 2048, 10_000_000)
+    assert ratio == pytest.approx(math.sqrt(2**20 / 70000)) and ratio == pytest.approx(3.87, abs=0.01)
+
+
+def test_config_rejects_unknown_keys_by_name(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown training config key.*'bacth'"):
+        TrainConfig.from_dict({**tiny_config(tmp_path), "bacth": 8})
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"snapshot_nimg": 12}, "'snapshot_nimg' = 12 is not a multiple of the batch 8"),
+        ({"checkpoint_nimg": 4}, "'checkpoint_nimg' = 4 is not a multiple of the batch 8"),
+        ({"status_nimg": 10}, "'status_nimg' = 10 is not a multiple"),
+        ({"duration": 20}, "'duration' = 20 is not a multiple"),
+        ({"dtype": "fp8"}, "'dtype' must be one of"),
+        ({"lr_ref": -1.0}, "'lr_ref' must be positive"),
+        ({"sigma_rels": [0.05, 0.5]}, "'sigma_rels' must be values in"),
+        ({"network": {"channel_mult": [1]}}, "needs a 'preset' or 'network'"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict(tiny_config(tmp_path, **overrides))
+
+
+def test_batch_must_split_into_ranks_times_batch_gpu(tmp_path):
+    cfg = TrainConfig.from_dict(tiny_config(tmp_path, batch=12, duration=24, status_nimg=12, batch_gpu=4))
+    assert cfg.rounds(1) == 3 and cfg.rounds(3) == 1
+    with pytest.raises(ValueError, match="batch 12 is not divisible by world size 2 x batch_gpu 4"):
+        cfg.rounds(2)
+
+
+def test_preset_values_are_defaults_that_the_config_overrides(tmp_path):
+    cfg = TrainConfig.from_dict({"data": "d.h5", "run_dir": "r", "preset": "edm2-img512-xs", "lr_ref": 0.02})
+    assert (cfg.batch, cfg.t_ref, cfg.P_mean, cfg.lr_ref, cfg.dtype) == (
+        2048,
+        70000 * 2048,
+        -0.4,
+        0.02,
+        "fp16",
+    )
+    assert cfg.network["model_channels"] == 128
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_dataset_that_does_not_match_the_network_is_rejected(tmp_path):
+    cfg = TrainConfig.from_dict(tiny_config(tmp_path, network={"model_channels": 8, "img_resolution": 16}))
+    data = SimpleNamespace(resolution=8, channels=3, label_dim=3)
+    with pytest.raises(ValueError, match=r"has img_resolution 8 but the config .* asks for 16"):
+        cfg.network_kwargs(data)
+    cfg = TrainConfig.from_dict(tiny_config(tmp_path, network={"model_channels": 8, "label_dim": 10}))
+    with pytest.raises(ValueError, match="has label_dim 3 but"):
+        cfg.network_kwargs(data)
+    cfg = TrainConfig.from_dict(tiny_config(tmp_path, network={"model_channels": 8, "label_dim": 0}))
+    assert cfg.network_kwargs(data)["label_dim"] == 0  # unconditional model on labelled data
+
+
+def test_global_batch_content_does_not_depend_on_the_split():
+    n, batch, nimg = 10, 12, 36  # the step at nimg 36 straddles the epoch boundaries at 40 and 50
+    whole = ShardedSampler(n, seed=3, batch_gpu=batch).indices(nimg, 0)
+    for world, batch_gpu in [(2, 6), (3, 2), (4, 3)]:
+        rounds = batch // (world * batch_gpu)
+        parts = [ShardedSampler(n, 3, rank, world, batch_gpu) for rank in range(world)]
+        split = [i for r in range(rounds) for s in parts for i in s.indices(nimg, r)]
+        assert split == whole
+    stream = ShardedSampler(n, seed=3).positions(0, 40)
+    assert [sorted(stream[e * n : (e + 1) * n]) for e in range(4)] == [list(range(n))] * 4  # epochs
+    assert ShardedSampler(n, seed=3).positions(17, 5) == stream[17:22]  # resume mid-epoch: same stream
+    assert stream[:n] != ShardedSampler(n, seed=4).positions(0, n)
+
+
+def test_slurm_node_lists_expand_like_scontrol():
+    assert distributed.expand_nodelist("gpu[01-03,07],cpu5") == ["gpu01", "gpu02", "gpu03", "gpu07", "cpu5"]
+    assert distributed.expand_nodelist("n[8-10]") == ["n8", "n9", "n10"]
+    assert distributed.expand_nodelist("a[1],b[2-3]x")[:3] == ["a1", "b2", "b3"]
+
+
+def test_srun_environment_becomes_a_process_group_description(monkeypatch):
+    for key, value in dict(SLURM_PROCID="3", SLURM_STEP_ID="0", SLURM_STEP_NUM_TASKS="4", SLURM_LOCALID="1",
+                           SLURM_STEP_NODELIST="node[7-8]", SLURM_JOB_ID="123456").items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    monkeypatch.setattr(distributed.shutil, "which", lambda name: None)  # no scontrol: use our parser
+    env = distributed._slurm_env()
+    assert env == dict(RANK="3", WORLD_SIZE="4", LOCAL_RANK="1", MASTER_ADDR="node7", MASTER_PORT="23456")
+    monkeypatch.delenv("SLURM_STEP_ID")  # a batch script's shell is one process, whatever SLURM_NTASKS says
+    assert distributed._slurm_env() is None
+
+
+def test_nonfinite_gradients_are_zeroed_and_counted():
+    a, b = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(3))
+    a.grad = torch.tensor([1.0, float("nan"), float("inf"), -float("inf")])
+    b.grad = torch.tensor([0.5, 0.25, -1.0])
+    assert int(loop.zero_nonfinite_grads([a, b])) == 3
+    assert a.grad.tolist() == [1.0, 0.0, 0.0, 0.0] and b.grad.tolist() == [0.5, 0.25, -1.0]
+
+
+def test_nan_loss_is_counted_and_never_reaches_a_checkpoint(tmp_path, monkeypatch):
+    real_loss = loop.edm2_loss
+    calls = []
+
+    def sometimes_nan(*args, **kwargs):
+        calls.append(1)
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if len(calls) in (3, 4) else loss
+
+    monkeypatch.setattr(loop, "edm2_loss", sometimes_nan)
+    summary = loop.train(tiny_config(tmp_path, duration=48, checkpoint_nimg=24))
+    assert summary["nonfinite_steps"] == 2 and summary["nonfinite_grads"] == 2 * 45747
+    stats = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
+    assert [s["nonfinite_steps"] for s in stats] == [0, 0, 1, 2, 2, 2]
+    ckpt = checkpoint.load(checkpoint.find_latest_valid(tmp_path / "run"))
+    assert ckpt["state"]["nimg"] == 48 and ckpt["state"]["nonfinite_steps"] == 2
+    assert all(torch.isfinite(t).all() for part in ("net", "ema", "optimizer") for t in ckpt[part].values())
+
+
+def test_checkpoint_refuses_nonfinite_weights(tmp_path):
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(net.parameters())
+    state = {"weight": torch.tensor([[1.0, float("nan")], [0.0, 0.0]]), "bias": torch.zeros(2)}
+    with pytest.raises(
+        ValueError, match="refusing to checkpoint nimg 8: network tensor 'weight' is not finite"
+    ):
+        checkpoint.save(tmp_path, 8, state, opt, {}, {}, {}, keep=2)
+    assert checkpoint.list_checkpoints(tmp_path) == []
+
+
+def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(tmp_path):
+    loop.train(tiny_config(tmp_path, duration=32, checkpoint_nimg=16, keep_checkpoints=5))
+    run = tmp_path / "run"
+    assert [n for n, _ in checkpoint.list_checkpoints(run)] == [16, 32]
+    newest = checkpoint.checkpoint_dir(run, 32) / "net.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-7])  # truncated by a crash
+    with pytest.warns(UserWarning, match=r"ckpt-000000000032: net.safetensors does not match its checksum"):
+        assert checkpoint.find_latest_valid(run) == checkpoint.checkpoint_dir(run, 16)
+    with pytest.warns(UserWarning, match="ckpt-000000000032: net.safetensors does not match"):
+        summary = loop.train(tiny_config(tmp_path, duration=40, checkpoint_nimg=16, keep_checkpoints=5))
+    assert summary["nimg"] == 40
+    assert "resumed from " + str(checkpoint.checkpoint_dir(run, 16)) in (run / "log.txt").read_text()
+    assert [n for n, _ in checkpoint.list_checkpoints(run)] == [16, 32, 40]
+    checkpoint.verify(checkpoint.checkpoint_dir(run, 32))  # rewritten by the resumed run
+    for nimg in (16, 32, 40):
+        (checkpoint.checkpoint_dir(run, nimg) / checkpoint.SUMS).unlink()
+    with pytest.warns(UserWarning, match="no SHA256SUMS file") as record:
+        assert checkpoint.find_latest_valid(run) is None
+    assert len(record) == 3
+    with pytest.raises(FileNotFoundError, match="ckpt-000000000048: checkpoint directory not found"):
+        checkpoint.load(checkpoint.checkpoint_dir(run, 48))
+
+
+def test_old_checkpoints_are_pruned_to_keep_the_newest(tmp_path):
+    summary = loop.train(tiny_config(tmp_path, duration=40, checkpoint_nimg=8, keep_checkpoints=2))
+    assert summary["status"] == "done" and summary["exit_code"] == 0
+    assert [n for n, _ in checkpoint.list_checkpoints(tmp_path / "run")] == [32, 40]
+    again = loop.train(tiny_config(tmp_path, duration=40))  # finished runs stay finished
+    assert again["nimg"] == 40
