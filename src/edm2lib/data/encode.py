@@ -85,6 +85,11 @@ def _encode_part(
 
 def _assemble(images: ImageDataset, latents_h5: Path, parts: list[Path], attrs: dict[str, Any]) -> None:
     """Copy the finished parts, in rank order, into latents.h5 (written atomically), then delete them."""
+    missing = [str(p) for p in parts if not p.is_file()]
+    if missing:
+        raise ValueError(
+            f"{latents_h5}: part is incomplete: {missing} missing; run every rank to the end first"
+        )
     with atomic_path(latents_h5) as tmp, h5py.File(tmp, "w", libver="earliest") as out:
         with h5py.File(parts[0], "r") as p0:
             shape, dtype = p0["mean"].shape[1:], p0["mean"].dtype
