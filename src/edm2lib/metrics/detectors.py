@@ -97,9 +97,9 @@ def load_detector(
     then says 'random-init' and so does every statistic and score computed with it.
     `arch` (DINOv2 only: embed_dim, depth, num_heads, ...) builds a smaller variant, random-init only.
     """
-    net, dim = build_net(name, **arch)
     if arch and not allow_random:
         raise ValueError(f"architecture overrides {sorted(arch)} exist for random-init tests only")
+    net, dim = build_net(name, **arch)
     path = sha = None
     if not arch:
         try:
@@ -109,7 +109,8 @@ def load_detector(
                 raise
     if path is None:
         net.reset_random(seed)
-        label, sha = f"{RANDOM_INIT}(seed={seed}{', ' + repr(arch) if arch else ''})", RANDOM_INIT
+        # the seed (and any reduced architecture) is part of the identity: stats of different nets never mix
+        label = sha = f"{RANDOM_INIT}(seed={seed}{', ' + repr(arch) if arch else ''})"
     else:
         load_weights_file(net, path)
         label = path.name

@@ -215,6 +215,6 @@ def score_samples(
         result[f"{d.metric}_min"] = min(values)
         result[f"{d.metric}_mean"] = float(np.mean(values))
     result["detectors"] = {d.metric: d.identity for d in dets}
-    result["random_init"] = any(d.identity["sha256"] == RANDOM_INIT for d in dets)
+    result["random_init"] = any(d.identity["sha256"].startswith(RANDOM_INIT) for d in dets)
     result["reference"] = {d.metric: str(ref_stats[d.name]) for d in dets}
     return result
