@@ -1,0 +1,166 @@
+"""Convert official EDM2 snapshot pickles into edm2lib network files, without executing anything from them.
+
+    python -m edm2lib.convert IN.pkl [IN2.pkl ...] OUT_DIR
+
+Each input becomes OUT_DIR/<input stem>.safetensors (weights as stored, float16) with the `Precond`
+config rebuilt from the recorded constructor arguments, nimg/sigma_rel/gamma parsed from the file name
+`...-{kimg:07d}-{sigma_rel:.3f}.pkl`, and the encoder description (docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edm2lib import io
+from edm2lib.networks import Precond, _jsonable
+from edm2lib.official_pickle import PersistentRecord, load_official_pickle, module_tensors
+
+# Positional parameters of the official Precond, to name recorded `_init_args` (EDM2-FACTS 4.4).
+_PRECOND_POSITIONAL = [
+    "img_resolution",
+    "img_channels",
+    "label_dim",
+    "use_fp16",
+    "sigma_data",
+    "logvar_channels",
+]
+_NAME_RE = re.compile(r"-(\d+)-(\d+\.\d+)\.pkl$")  # ...-{kimg:07d}-{sigma_rel:.3f}.pkl
+
+
+def nimg_from_kimg(kimg: int) -> int | None:
+    """The unique multiple of 1024 images whose kimg (nimg // 1000) is `kimg`, or None (EDM2-FACTS 7)."""
+    nimg = (1000 * kimg + 999) // 1024 * 1024
+    return nimg if nimg // 1000 == kimg else None
+
+
+def parse_name(path: str | Path) -> dict[str, Any]:
+    """nimg, sigma_rel and gamma from an official file name; {} for names without them."""
+    match = _NAME_RE.search(Path(path).name)
+    if not match:
+        return {}
+    from edm2lib.phema import sigma_rel_to_gamma
+
+    kimg, sigma_rel = int(match.group(1)), float(match.group(2))
+    meta: dict[str, Any] = {"sigma_rel": sigma_rel, "gamma": float(sigma_rel_to_gamma(sigma_rel))}
+    nimg = nimg_from_kimg(kimg)
+    if nimg is not None:
+        meta["nimg"] = nimg
+    return meta
+
+
+def precond_config(record: PersistentRecord) -> dict[str, Any]:
+    """`Precond` keywords from the constructor arguments recorded in the pickle (EDM2-FACTS 5.1)."""
+    if record.class_name != "Precond":
+        raise ValueError(f"'ema' is a {record.class_name}, expected the official Precond")
+    args = record.state.get("_init_args", ())
+    kwargs = record.state.get("_init_kwargs", {})
+    if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
+        raise ValueError("the Precond record has no readable _init_args/_init_kwargs")
+    if len(args) > len(_PRECOND_POSITIONAL):
+        raise ValueError(f"the Precond record has {len(args)} positional arguments, at most 6 are known")
+    config = dict(zip(_PRECOND_POSITIONAL, args))
+    for key, value in kwargs.items():
+        if key in config:
+            raise ValueError(f"Precond argument '{key}' is recorded both positionally and by keyword")
+        config[key] = value
+    return _jsonable(config)
+
+
+def encoder_description(record: Any) -> dict[str, Any]:
+    """The encoder description of docs/ARCHITECTURE.md for a recorded official encoder (EDM2-FACTS 6.6)."""
+    name = getattr(record, "class_name", None)
+    if name == "StandardRGBEncoder":
+        return {"kind": "pixels"}
+    if name == "StabilityVAEEncoder":
+        state, kwargs = record.state, record.state.get("_init_kwargs") or {}
+        final_mean = float(kwargs.get("final_mean", 0.0))
+        final_std = float(kwargs.get("final_std", 0.5))
+        scale = np.asarray(state["scale"], dtype=np.float64).reshape(-1)
+        bias = np.asarray(state["bias"], dtype=np.float64).reshape(-1)
+        # Invert scale = final_std / raw_std, bias = final_mean - raw_mean * scale (EDM2-FACTS 6.6).
+        raw_std = kwargs.get("raw_std", (final_std / scale).round(6).tolist())
+        raw_mean = kwargs.get("raw_mean", ((final_mean - bias) / scale).round(6).tolist())
+        return {
+            "kind": "sd-vae",
+            "vae": str(kwargs.get("vae_name", state.get("vae_name", "stabilityai/sd-vae-ft-mse"))),
+            "revision": None,
+            "raw_mean": [float(v) for v in raw_mean],
+            "raw_std": [float(v) for v in raw_std],
+            "final_mean": final_mean,
+            "final_std": final_std,
+        }
+    raise ValueError(f"unknown encoder {name!r}; expected StandardRGBEncoder or StabilityVAEEncoder")
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+    """Raise ValueError naming every missing, unexpected or misshapen key against `Precond(**config)`."""
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in Precond(**config).state_dict().items()}
+    except TypeError as e:
+        raise ValueError(f"recorded Precond config {config} is not buildable: {e}") from e
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    misshapen = [
+        f"{k}: {tuple(tensors[k].shape)} != {expected[k]}"
+        for k in sorted(set(expected) & set(tensors))
+        if tuple(tensors[k].shape) != expected[k]
+    ]
+    if missing or unexpected or misshapen:
+        raise ValueError(
+            f"weights do not match config: missing {missing}, unexpected {unexpected}, shapes {misshapen}"
+        )
+
+
+def convert(path: str | Path, out_dir: str | Path) -> Path:
+    """Convert one official pickle; returns the network file written (atomically) into `out_dir`."""
+    path = Path(path)
+    data = load_official_pickle(path)
+    try:
+        config = precond_config(data["ema"])
+        tensors = dict(module_tensors(data["ema"]))
+        check_tensors(tensors, config)
+        encoder = encoder_description(data.get("encoder"))
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{path}: {e}") from e
+    meta: dict[str, Any] = {
+        **parse_name(path),
+        "encoder": encoder,
+        "source": f"{path.name} sha256 {io.sha256_file(path)}",
+    }
+    loss = data.get("loss_fn")
+    if isinstance(loss, PersistentRecord):
+        meta["loss"] = {k: float(loss.state[k]) for k in ("P_mean", "P_std", "sigma_data") if k in loss.state}
+    out = Path(out_dir) / f"{path.stem}.safetensors"
+    io.save_network(out, tensors, config, dtype=None, **meta)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m edm2lib.convert",
+        description="Convert official EDM2 snapshot pickles to edm2lib network files (no code is executed).",
+    )
+    parser.add_argument("inputs", nargs="+", type=Path, help="official .pkl files")
+    parser.add_argument("out_dir", type=Path, help="directory for the .safetensors files")
+    args = parser.parse_args(argv)
+    for path in args.inputs:
+        try:
+            out = convert(path, args.out_dir)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"edm2lib.convert: error: {e}", file=sys.stderr)
+            return 1
+        print(f"{path} -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
