@@ -9,6 +9,7 @@ import torch
 
 from edm2lib.metrics import (
     Detector,
+    FeatureCollector,
     FeatureStats,
     compute_stats,
     frechet_distance,
@@ -16,6 +17,7 @@ from edm2lib.metrics import (
     reference_stats,
     save_stats,
     score_samples,
+    score_stats,
 )
 
 
@@ -156,6 +158,25 @@ def test_batch_iterators_score_like_the_file_and_identical_sets_score_zero(tmp_p
     np.testing.assert_allclose(
         [b["fid"] for b in blocks["blocks"]], [b["fid"] for b in by_file["blocks"]], rtol=1e-9
     )
+
+
+def test_collector_as_generate_on_batch_callback_scores_like_score_samples(tmp_path):
+    det = tiny_detector()
+    refs = {"inception": tmp_path / "r.npz"}
+    reference_stats(write_h5(tmp_path / "d.h5", make_images(10)), refs, det, progress=False)
+    samples = make_images(8, seed=4)
+    blocks = []
+    for block in (samples[:4], samples[4:]):
+        collect = FeatureCollector(det, resolution=(16, 16))
+        for i in range(0, 4, 3):  # the sampler calls on_batch(images [B,H,W,3], seeds [B], labels [B])
+            collect(torch.from_numpy(block[i : i + 3]), torch.arange(3), torch.zeros(3))
+        blocks.append(collect.stats)
+    streamed = score_stats(blocks, refs, det)
+    stored = score_samples(write_h5(tmp_path / "s.h5", samples), refs, det, seed_blocks=2, progress=False)
+    np.testing.assert_allclose(
+        [b["fid"] for b in streamed["blocks"]], [b["fid"] for b in stored["blocks"]], rtol=1e-9
+    )
+    assert streamed["fid_min"] == pytest.approx(stored["fid_min"], rel=1e-9)
 
 
 def test_scoring_refuses_stats_from_another_detector_or_resolution(tmp_path):

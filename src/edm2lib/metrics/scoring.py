@@ -37,6 +37,31 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+class FeatureCollector:
+    """Accumulates each detector's `FeatureStats` from uint8 batches ([B,H,W,3] or [B,3,H,W]).
+
+    Call it with each batch; extra arguments are ignored, so it can be `generate(..., on_batch=collector)`.
+    `resolution` (H, W), if given, is enforced on every batch.
+    """
+
+    def __init__(self, detectors: Detectors, resolution: tuple[int, int] | None = None):
+        self.detectors = _as_list(detectors)
+        self.resolution = tuple(resolution) if resolution is not None else None
+        self.stats = {d.name: FeatureStats(d.dim) for d in self.detectors}
+
+    def __call__(self, images: Any, *_: Any) -> int:
+        x = as_nchw_uint8(images)
+        size = (int(x.shape[2]), int(x.shape[3]))
+        if self.resolution is not None and size != self.resolution:
+            raise ValueError(
+                f"images of {size[0]}x{size[1]}, but the reference statistics are of "
+                f"{self.resolution[0]}x{self.resolution[1]} images; score samples at the data set's size"
+            )
+        for d in self.detectors:
+            self.stats[d.name].update(d(x), size)
+        return len(x)
+
+
 def compute_stats(
     batches: Iterable[Any],
     detectors: Detectors,
@@ -44,28 +69,18 @@ def compute_stats(
     resolution: tuple[int, int] | None = None,
     progress: bool = True,
 ) -> dict[str, FeatureStats]:
-    """Feature statistics of uint8 image batches ([B,H,W,3] or [B,3,H,W]) for each detector, summed over
-    ranks when torch.distributed is initialised. `resolution` (H, W), if given, is enforced on every batch."""
+    """Feature statistics of uint8 image batches for each detector, summed over ranks when
+    torch.distributed is initialised. `total` sizes the progress bar; `resolution` is enforced."""
     from tqdm import tqdm
 
-    dets = _as_list(detectors)
-    stats = {d.name: FeatureStats(d.dim) for d in dets}
+    collect = FeatureCollector(detectors, resolution)
     disable = not progress or _rank_world()[0] != 0
     with tqdm(total=total, unit="img", desc="features", disable=disable) as bar:
         for batch in batches:
-            x = as_nchw_uint8(batch)
-            size = (int(x.shape[2]), int(x.shape[3]))
-            if resolution is not None and size != tuple(resolution):
-                raise ValueError(
-                    f"images of {size[0]}x{size[1]}, but the reference statistics are of "
-                    f"{resolution[0]}x{resolution[1]} images; score samples at the data set's size"
-                )
-            for d in dets:
-                stats[d.name].update(d(x), size)
-            bar.update(len(x))
-    for s in stats.values():
-        s.all_reduce()
-    return stats
+            bar.update(collect(batch))
+    for stats in collect.stats.values():
+        stats.all_reduce()
+    return collect.stats
 
 
 def _open_images(path: str | os.PathLike):
@@ -167,6 +182,68 @@ def _blocks(
     return [({"source": "batches"}, samples, None)]
 
 
+def load_references(
+    ref_stats: Mapping[str, str | os.PathLike], detectors: Detectors
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[int, int] | None]:
+    """({name: (mu, sigma)}, image resolution) of reference stats files, checked against the detectors'
+    identities (name, arch, weights sha256, resize)."""
+    refs, resolutions = {}, set()
+    for d in _as_list(detectors):
+        if d.name not in ref_stats:
+            raise ValueError(f"ref_stats has no statistics file for detector {d.name!r}")
+        mu, sigma, meta = load_stats(ref_stats[d.name])
+        for key in IDENTITY_KEYS:
+            theirs = meta["detector"].get(key)
+            if theirs != d.identity[key]:
+                raise ValueError(
+                    f"{ref_stats[d.name]}: computed with detector {key}={theirs!r}, but scoring "
+                    f"uses {key}={d.identity[key]!r}; recompute the reference statistics"
+                )
+        refs[d.name] = (mu, sigma)
+        if meta.get("resolution"):
+            resolutions.add(tuple(meta["resolution"]))
+    if len(resolutions) > 1:
+        raise ValueError(f"reference statistics of different resolutions {sorted(resolutions)}")
+    return refs, (resolutions.pop() if resolutions else None)
+
+
+def score_stats(
+    blocks: Sequence[Mapping[str, FeatureStats]],
+    ref_stats: Mapping[str, str | os.PathLike],
+    detectors: Detectors,
+    infos: Sequence[Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Scores of already accumulated statistics, one {detector name: FeatureStats} per seed block (e.g.
+    `FeatureCollector.stats` fed by `generate`'s on_batch); all-reduces them first if needed."""
+    dets = _as_list(detectors)
+    refs, resolution = load_references(ref_stats, dets)
+    rows = []
+    for i, stats in enumerate(blocks):
+        row = dict(infos[i]) if infos is not None else {"source": "batches"}
+        for d in dets:
+            s = stats[d.name]
+            if not s.reduced:
+                s.all_reduce()
+            if resolution is not None and s.resolution not in (None, resolution):
+                raise ValueError(
+                    f"samples of {s.resolution}, but the reference statistics are of {resolution}"
+                )
+            row["n"] = s.n
+            row[d.metric] = frechet_distance(s.mu, s.sigma, *refs[d.name])
+        rows.append(row)
+    if not rows:
+        raise ValueError("no seed blocks to score")
+    result: dict[str, Any] = {"blocks": rows, "num_blocks": len(rows)}
+    for d in dets:
+        values = [row[d.metric] for row in rows]
+        result[f"{d.metric}_min"] = min(values)
+        result[f"{d.metric}_mean"] = float(np.mean(values))
+    result["detectors"] = {d.metric: d.identity for d in dets}
+    result["random_init"] = any(d.identity["sha256"].startswith(RANDOM_INIT) for d in dets)
+    result["reference"] = {d.metric: str(ref_stats[d.name]) for d in dets}
+    return result
+
+
 def score_samples(
     samples: Any,
     ref_stats: Mapping[str, str | os.PathLike],
@@ -184,37 +261,9 @@ def score_samples(
     Returns {'blocks': [{source, n, seeds?, fid, fd_dinov2}], 'fid_min', 'fid_mean', ..., 'detectors', ...}.
     """
     dets = _as_list(detectors)
-    refs = {}
-    for d in dets:
-        if d.name not in ref_stats:
-            raise ValueError(f"ref_stats has no statistics file for detector {d.name!r}")
-        mu, sigma, meta = load_stats(ref_stats[d.name])
-        for key in IDENTITY_KEYS:
-            theirs = meta["detector"].get(key)
-            if theirs != d.identity[key]:
-                raise ValueError(
-                    f"{ref_stats[d.name]}: computed with detector {key}={theirs!r}, but scoring "
-                    f"uses {key}={d.identity[key]!r}; recompute the reference statistics"
-                )
-        refs[d.name] = (mu, sigma, meta)
-    resolutions = {tuple(m["resolution"]) for _, _, m in refs.values() if m.get("resolution")}
-    if len(resolutions) > 1:
-        raise ValueError(f"reference statistics of different resolutions {sorted(resolutions)}")
-    resolution = resolutions.pop() if resolutions else None
-    blocks = []
+    _, resolution = load_references(ref_stats, dets)  # fail fast, before any feature is computed
+    infos, blocks = [], []
     for info, batches, total in _blocks(samples, seed_blocks, batch_size):
-        stats = compute_stats(batches, dets, total, resolution, progress)
-        row = dict(info, n=next(iter(stats.values())).n)
-        for d in dets:
-            s, (mu, sigma, _) = stats[d.name], refs[d.name]
-            row[d.metric] = frechet_distance(s.mu, s.sigma, mu, sigma)
-        blocks.append(row)
-    result: dict[str, Any] = {"blocks": blocks, "num_blocks": len(blocks)}
-    for d in dets:
-        values = [b[d.metric] for b in blocks]
-        result[f"{d.metric}_min"] = min(values)
-        result[f"{d.metric}_mean"] = float(np.mean(values))
-    result["detectors"] = {d.metric: d.identity for d in dets}
-    result["random_init"] = any(d.identity["sha256"].startswith(RANDOM_INIT) for d in dets)
-    result["reference"] = {d.metric: str(ref_stats[d.name]) for d in dets}
-    return result
+        blocks.append(compute_stats(batches, dets, total, resolution, progress))
+        infos.append(info)
+    return score_stats(blocks, ref_stats, dets, infos)
