@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
-from edm2lib.data.codecs import PixelCodec
+from edm2lib.data.codecs import PixelCodec, sd_vae_description
 from edm2lib.generate import generate, rank_batches
 from edm2lib.io import save_network, sha256_file
 from edm2lib.networks import Precond
@@ -39,9 +39,10 @@ def _tiny_net(resolution=RES, label_dim=4, seed=0):
     return net.eval().requires_grad_(False)
 
 
-def _net_file(path, **kwargs):
+def _net_file(path, encoder=None, **kwargs):
     net = _tiny_net(**kwargs)
-    save_network(path, net.state_dict(), net.config, dtype=None, encoder={"kind": "pixels"}, nimg=0)
+    encoder = encoder or {"kind": "pixels"}
+    save_network(path, net.state_dict(), net.config, dtype=None, encoder=encoder, nimg=0)
     return path
 
 
@@ -166,11 +167,13 @@ def _bad_inputs(net_file, guide_file, tmp_path):
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"not a safetensors file")
     small_guide = _net_file(tmp_path / "small.safetensors", resolution=4, label_dim=0)
+    latent_guide = _net_file(tmp_path / "latent.safetensors", encoder=sd_vae_description(), label_dim=0)
     return [
         (dict(net_path=tmp_path / "missing.safetensors"), FileNotFoundError, "missing.safetensors"),
         (dict(net_path=corrupt), ValueError, "corrupt.safetensors"),
         (dict(guidance=2.0), ValueError, "guiding network"),
         (dict(guidance=2.0, gnet_path=small_guide), ValueError, "same space"),
+        (dict(guidance=2.0, gnet_path=latent_guide), ValueError, "sd-vae space"),
         (dict(gnet_path=tmp_path / "noguide.safetensors", guidance=2.0), FileNotFoundError, "noguide"),
         (dict(net_path=guide_file, class_idx=1), ValueError, "unconditional"),
         (dict(num_steps=1), ValueError, "at least 2 steps"),

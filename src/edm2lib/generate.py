@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from edm2lib.data.codecs import make_codec
 from edm2lib.io import atomic_path, load_network, sha256_file
 from edm2lib.sampler import check_sampler_inputs, count_nfe, edm_sampler, seed_noise_and_labels
 
@@ -114,6 +116,49 @@ def _merge_parts(out_h5: Path, parts: list[Path], num_rows: int, attrs: dict[str
         part.unlink()
 
 
+def _load_networks(
+    net_path: str | os.PathLike, gnet_path: str | os.PathLike | None, device: torch.device
+) -> tuple[torch.nn.Module, torch.nn.Module | None, dict[str, Any]]:
+    """(net, guide or None, net metadata); unreadable files and guides in another space raise here."""
+    net, meta = load_network(net_path, device)  # FileNotFoundError / ValueError naming the file
+    if "encoder" not in meta:
+        raise ValueError(f"{net_path}: network metadata has no 'encoder'; cannot decode its samples")
+    if gnet_path is None:
+        return net, None, meta
+    gnet, gmeta = load_network(gnet_path, device)
+    kind, gkind = meta["encoder"]["kind"], gmeta.get("encoder", meta["encoder"])["kind"]
+    if gkind != kind:
+        raise ValueError(f"{gnet_path}: the guide works in {gkind} space but {net_path} in {kind} space")
+    return net, gnet, meta
+
+
+def _sample_attrs(
+    net_path: str | os.PathLike,
+    gnet_path: str | os.PathLike | None,
+    meta: dict[str, Any],
+    settings: dict[str, Any],
+    nfe: dict[str, int],
+    class_idx: int | None,
+) -> dict[str, Any]:
+    """HDF5 attributes of a samples file: provenance (files + sha256) and the sampler settings."""
+    interval = settings["guidance_interval"]
+    return {
+        "format": SAMPLES_FORMAT,
+        "network": str(net_path),
+        "network_sha256": sha256_file(net_path),
+        "guide": str(gnet_path or ""),
+        "guide_sha256": sha256_file(gnet_path) if gnet_path is not None else "",
+        "sampler": json.dumps(settings, default=str, sort_keys=True),
+        "guidance": float(settings["guidance"]),
+        "guidance_interval": np.array(interval if interval is not None else [], np.float64),
+        "class_idx": -1 if class_idx is None else int(class_idx),
+        "encoder": json.dumps(meta["encoder"], sort_keys=True),
+        "nfe": nfe["total"],
+        "nfe_main": nfe["main"],
+        "nfe_guide": nfe["guide"],
+    }
+
+
 def generate(
     net_path: str | os.PathLike,
     seeds: Sequence[int],
@@ -150,21 +195,11 @@ def generate(
     rank, world = _dist()
     device = torch.device(device) if device is not None else _default_device()
 
-    net, meta = load_network(net_path, device)  # raises FileNotFoundError / ValueError naming the file
-    gnet, gmeta = load_network(gnet_path, device) if gnet_path is not None else (None, {})
-    if "encoder" not in meta:
-        raise ValueError(f"{net_path}: network metadata has no 'encoder'; cannot decode its samples")
-    if gnet is not None and gmeta.get("encoder", meta["encoder"])["kind"] != meta["encoder"]["kind"]:
-        raise ValueError(
-            f"{gnet_path}: guide works in {gmeta['encoder']['kind']} space, not {meta['encoder']['kind']}"
-        )
+    net, gnet, meta = _load_networks(net_path, gnet_path, device)
     if class_idx is not None and net.label_dim == 0:
         raise ValueError(f"class_idx={class_idx} given but {net_path} is unconditional (label_dim 0)")
     shape = [net.img_channels, net.img_resolution, net.img_resolution]
-    probe = torch.zeros([1, *shape])
-    check_sampler_inputs(net, probe, None, num_steps, guidance, gnet, guidance_interval)
-    from edm2lib.data.codecs import make_codec
-
+    check_sampler_inputs(net, torch.zeros([1, *shape]), None, num_steps, guidance, gnet, guidance_interval)
     codec = make_codec(meta["encoder"], device, vae)
     settings = {"num_steps": num_steps, "guidance": guidance, "guidance_interval": guidance_interval}
     settings.update(sampler_kwargs)
@@ -177,8 +212,6 @@ def generate(
     if out_h5 is not None:
         out_h5 = Path(out_h5)
         part = _Rows(_part_path(out_h5, rank, world), len(seeds))
-    from tqdm import tqdm
-
     bar = tqdm(total=sum(len(b) for b in batches), unit="img", disable=rank != 0 or not progress)
     start = time.perf_counter()
     ranges = []
@@ -218,21 +251,7 @@ def generate(
         grid = {k: v for g, _ in gathered for k, v in g.items()}
         seconds = max(s for _, s in gathered)
     if rank == 0 and out_h5 is not None:
-        attrs = {
-            "format": SAMPLES_FORMAT,
-            "network": str(net_path),
-            "network_sha256": sha256_file(net_path),
-            "guide": str(gnet_path or ""),
-            "guide_sha256": sha256_file(gnet_path) if gnet_path is not None else "",
-            "sampler": json.dumps(settings, default=str, sort_keys=True),
-            "guidance": float(guidance),
-            "guidance_interval": np.array(guidance_interval or [], np.float64),
-            "class_idx": -1 if class_idx is None else int(class_idx),
-            "encoder": json.dumps(meta["encoder"], sort_keys=True),
-            "nfe": nfe["total"],
-            "nfe_main": nfe["main"],
-            "nfe_guide": nfe["guide"],
-        }
+        attrs = _sample_attrs(net_path, gnet_path, meta, settings, nfe, class_idx)
         _merge_parts(out_h5, [_part_path(out_h5, r, world) for r in range(world)], len(seeds), attrs)
     if rank == 0 and grid_png is not None:
         _write_grid(grid_png, np.stack([grid[i] for i in range(grid_n)]))
