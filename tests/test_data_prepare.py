@@ -2,7 +2,9 @@
 
 import io
 import json
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import h5py
@@ -27,6 +29,20 @@ def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _png16_rgb(arr: np.ndarray) -> bytes:
+    """A 48-bit RGB PNG written by hand (PIL cannot write one)."""
+    h, w, _ = arr.shape
+    raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
 
 
 def _class_folder(root: Path, per_class: int = 3) -> Path:
@@ -57,6 +73,7 @@ def broken(tmp_path) -> Path:
     grey16 = np.full((20, 20), 65535, dtype=np.uint16)
     grey16[:, :10] = 32896  # = 128 * 257
     (d / "grey16.png").write_bytes(_png(Image.fromarray(grey16)))
+    (d / "rgb16.png").write_bytes(_png16_rgb(np.full((12, 12, 3), [65535, 32896, 0], dtype=np.uint16)))
     (d / "cmyk.jpg").write_bytes(_jpeg((0, 0, 0, 0), mode="CMYK"))  # no ink: white
     frames = [Image.new("P", (16, 16), i) for i in (1, 2)]
     for f in frames:
@@ -76,13 +93,14 @@ def test_broken_corpus_converts_odd_files_and_reports_each_broken_one(broken, tm
     assert report["zero.png"] == "empty file (0 bytes)"
     assert "not a recognised image format" in report["text.png"]
     assert "cannot decode" in report["truncated.jpg"]
-    assert s["count"] == 6 and s["skipped"] == 3
+    assert s["count"] == 7 and s["skipped"] == 3
     ds = open_dataset(tmp_path / "out.h5")
-    names = ["anim.gif", "cmyk.jpg", "good.jpg", "grey16.png", "one.png", "rgba.png"]  # sorted names
+    names = ["anim.gif", "cmyk.jpg", "good.jpg", "grey16.png", "one.png", "rgb16.png", "rgba.png"]  # sorted
     imgs = {n: ds.images([i])[0] for i, n in enumerate(names)}
     assert ds.label_dim == 0 and ds.resolution == 16
     assert (imgs["one.png"] == [7, 8, 9]).all()  # 1x1 upsampled to a constant image
     assert (imgs["grey16.png"][:, :6] == 128).all() and (imgs["grey16.png"][:, 10:] == 255).all()
+    assert (imgs["rgb16.png"] == [255, 128, 0]).all()  # 16-bit RGB: PIL keeps the high byte
     assert (imgs["cmyk.jpg"] >= 250).all()
     assert (imgs["anim.gif"] == [250, 0, 0]).all()  # first frame only
     assert (imgs["rgba.png"] == 255).all()  # transparent pixels composited on white
