@@ -9,6 +9,15 @@ import torch
 from edm2lib.sampler import count_nfe, edm_sampler, evaluation_sigmas, seed_noise_and_labels, step_sigmas
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small networks run fastest on one thread, most of all on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class GaussianDenoiser(torch.nn.Module):
     """Exact denoiser of data ~ N(0, std^2 I): D(x, sigma) = x std^2 / (std^2 + sigma^2); counts its calls."""
 
@@ -100,6 +109,27 @@ def test_guidance_is_lerp_from_guide_output_to_main_output():
     unguided_guide = GaussianDenoiser(std=0.3)
     edm_sampler(GaussianDenoiser(), noise, num_steps=6, guidance=1.0, gnet=unguided_guide)
     assert unguided_guide.calls == 0  # w = 1: D = D_main, the guide is never evaluated
+
+
+class LabelRecorder(GaussianDenoiser):
+    """Records the labels it is called with."""
+
+    def __init__(self, label_dim=0):
+        super().__init__(label_dim=label_dim)
+        self.labels = []
+
+    def forward(self, x, sigma, labels=None):
+        self.labels.append(labels)
+        return super().forward(x, sigma, labels)
+
+
+def test_conditional_guide_gets_the_same_labels_and_unconditional_guide_none():
+    labels = torch.eye(3)[[2, 0]]
+    main, auto_guide, cfg_guide = LabelRecorder(label_dim=3), LabelRecorder(label_dim=3), LabelRecorder()
+    edm_sampler(main, torch.randn([2, 2, 4, 4]), labels, num_steps=2, guidance=1.5, gnet=auto_guide)
+    assert len(auto_guide.labels) == 3 and all(torch.equal(lab, labels) for lab in auto_guide.labels)
+    edm_sampler(main, torch.randn([2, 2, 4, 4]), labels, num_steps=2, guidance=1.5, gnet=cfg_guide)
+    assert cfg_guide.labels == [None] * 3  # CFG: the unconditional guide gets no labels
 
 
 def test_guidance_interval_skips_guide_outside_sigma_band_by_expected_count():
