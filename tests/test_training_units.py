@@ -128,7 +128,7 @@ def test_nonfinite_gradients_are_zeroed_and_counted():
 
 
 def test_nan_loss_is_counted_and_never_reaches_a_checkpoint(tmp_path, monkeypatch):
-    real_loss = loop.edm2_loss
+    real_loss = loop.edm2_loss_on
     calls = []
 
     def sometimes_nan(*args, **kwargs):
@@ -136,7 +136,7 @@ def test_nan_loss_is_counted_and_never_reaches_a_checkpoint(tmp_path, monkeypatc
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if len(calls) in (3, 4) else loss
 
-    monkeypatch.setattr(loop, "edm2_loss", sometimes_nan)
+    monkeypatch.setattr(loop, "edm2_loss_on", sometimes_nan)
     summary = loop.train(tiny_config(tmp_path, duration=48, checkpoint_nimg=24))
     assert summary["nonfinite_steps"] == 2 and summary["nonfinite_grads"] == 2 * 45747
     stats = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]

@@ -61,14 +61,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(cfg: dict, tmp: Path, rank: int = 0, world: int = 1, port: int = 0, **popen) -> subprocess.Popen:
-    """Start `python -m edm2lib.training` for one rank (torchrun-style env when world > 1)."""
-    config = tmp / "config.json"
+def launch(cfg: dict, tmp: Path, rank: int = 0, world: int = 1, port: int = 0, srun: bool = False, **popen):
+    """Start `python -m edm2lib.training` as one rank, with torchrun's or srun's environment if world > 1."""
+    config = tmp / f"config-{rank}.json"
     config.write_text(json.dumps(cfg))
     drop = ("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
-    if world > 1:
+    if world > 1 and srun:  # what slurmstepd gives each task of `srun -n world`
+        env.update(SLURM_PROCID=str(rank), SLURM_STEP_NUM_TASKS=str(world), SLURM_LOCALID=str(rank))
+        env.update(SLURM_STEP_ID="0", SLURM_STEP_NODELIST="localhost", MASTER_PORT=str(port))
+    elif world > 1:
         env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     cmd = [sys.executable, "-m", "edm2lib.training", "--config", str(config)]

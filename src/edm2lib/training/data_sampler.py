@@ -5,9 +5,8 @@ q // N and picks entry q % N of that epoch's seeded permutation. A training step
 positions [nimg, nimg + batch); the global batch is cut into micro-batches of `batch_gpu` consecutive
 positions, and micro-batch k = round * world + rank goes to `rank` in accumulation `round`. So the content of
 a global batch does not depend on how it is split, and resuming at `nimg` reproduces the exact stream.
-Random draws inside a micro-batch (noise levels, noise, latent samples, dropout) are seeded from (seed,
-first position of the micro-batch), which makes them independent of the rank count as well, as long as
-`batch_gpu` is the same.
+Each example's random draws (noise level, noise, latent sample) are seeded from (seed, its position), so
+they do not depend on the split either; only dropout, which uses the global RNG, is seeded per micro-batch.
 """
 
 from __future__ import annotations

@@ -21,13 +21,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from edm2lib import io
-from edm2lib.data.dataset import open_dataset
+from edm2lib.data.dataset import LatentDataset, open_dataset
 from edm2lib.ema import PowerFunctionEMA
-from edm2lib.loss import edm2_loss
+from edm2lib.layers import MPConv
 from edm2lib.networks import Precond
 from edm2lib.training import checkpoint, distributed, preempt
 from edm2lib.training.config import TrainConfig
 from edm2lib.training.data_sampler import ShardedSampler, derive_seed, make_generator
+from edm2lib.training.loss import draw_noise, edm2_loss_on
 from edm2lib.training.schedule import learning_rate
 
 
@@ -102,6 +103,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         self.net = Precond(**self.net_kwargs).to(self.device).train()
         self.params = list(self.net.parameters())
+        self.mpconvs = [m for m in self.net.modules() if isinstance(m, MPConv)]
         self.optimizer = torch.optim.Adam(self.params, lr=0.0, betas=(0.9, 0.99), eps=1e-8)  # EDM2-FACTS 6.2
         self.ema = PowerFunctionEMA(self.net, cfg.sigma_rels)
         self.sampler = ShardedSampler(
@@ -116,7 +118,7 @@ class Trainer:
         self.model = self.net
         if self.dist.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.net, device_ids=ids, broadcast_buffers=False)
+            self.model = DistributedDataParallel(self.net, device_ids=ids)
 
     # ---- resume / checkpoint -------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -223,6 +225,18 @@ class Trainer:
         """Training seconds over all sessions of this run."""
         return self.elapsed_before + time.monotonic() - self.t_start
 
+    def _examples(self, positions: range) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (network space) and one-hot labels of the stream entries `positions`, on the CPU."""
+        indices = self.sampler.positions(positions.start, len(positions))
+        if not isinstance(self.dataset, LatentDataset):
+            return self.dataset.get_batch(indices)
+        # a fresh latent sample per example and use (EDM2-FACTS 6.6), seeded by its stream position
+        parts = [
+            self.dataset.get_batch([i], make_generator("cpu", "latent", self.cfg.seed, q))
+            for i, q in zip(indices, positions)
+        ]
+        return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+
     def step(self) -> torch.Tensor:
         """One optimizer step over the global batch at `self.nimg`; returns the summed per-element loss."""
         cfg = self.cfg
@@ -233,27 +247,23 @@ class Trainer:
         loss_sum = torch.zeros([], dtype=torch.float64, device=self.device)
         for r in range(self.rounds):
             start = self.sampler.micro_batch_start(self.nimg, r)
-            images, labels = self.dataset.get_batch(
-                self.sampler.positions(start, self.batch_gpu), make_generator("cpu", "data", cfg.seed, start)
-            )
+            positions = range(start, start + self.batch_gpu)
+            images, labels = self._examples(positions)
+            sigma, noise = draw_noise(positions, tuple(images.shape[1:]), cfg.P_mean, cfg.P_std, cfg.seed)
             images, labels = images.to(self.device), labels.to(self.device)
+            sigma, noise = sigma.to(self.device), noise.to(self.device)
             torch.manual_seed(derive_seed("dropout", cfg.seed, start))  # dropout draws from the global RNG
-            generator = make_generator(self.device, "loss", cfg.seed, start)
+            for m in self.mpconvs:  # forced weight normalisation (EDM2 sec. 2.3) once per step, in round 0,
+                m.train(r == 0)  # so that accumulation rounds see the same weights as the other ranks
             last = r == self.rounds - 1
             sync = contextlib.nullcontext() if last or self.model is self.net else self.model.no_sync()
             with sync:
-                loss = edm2_loss(
-                    self.model,
-                    images,
-                    labels,
-                    cfg.P_mean,
-                    cfg.P_std,
-                    self.net.sigma_data,
-                    generator=generator,
-                )
+                loss = edm2_loss_on(self.model, images, labels, sigma, noise, self.net.sigma_data)
                 # EDM2-FACTS 6.1: sum over pixels, mean over the global batch (DDP averages over ranks)
                 (loss.sum() * (cfg.loss_scaling / (self.batch_gpu * self.rounds))).backward()
             loss_sum += loss.detach().sum()
+        for m in self.mpconvs:
+            m.train(True)
         bad = zero_nonfinite_grads(self.params)
         self.nonfinite += bad
         self.nonfinite_steps += (bad > 0).long()

@@ -1,0 +1,40 @@
+"""EDM2 training loss on per-example noise draws, so a global batch means the same whatever its split.
+
+`edm2lib.loss.edm2_loss` draws the noise of a whole micro-batch from one generator, which ties the draws to
+the micro-batch size. Here example q of the training stream (its position, see `data_sampler`) gets its own
+generator seeded from (seed, q) and draws, in the official order, its noise level then its noise
+(EDM2-FACTS 6.1). The draws are made on the CPU, so CPU and GPU runs see the same noise as well.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from edm2lib.training.data_sampler import make_generator
+
+
+def draw_noise(
+    positions: range, shape: tuple[int, ...], P_mean: float, P_std: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigma [B,1,1,1], noise [B,*shape]) on the CPU, one seeded generator per stream position."""
+    sigma = torch.empty(len(positions), 1, 1, 1)
+    noise = torch.empty(len(positions), *shape)
+    for i, q in enumerate(positions):
+        g = make_generator("cpu", "noise", seed, q)
+        sigma[i] = (torch.randn([1, 1, 1], generator=g) * P_std + P_mean).exp()  # EDM2-FACTS 6.1: log-normal
+        noise[i] = torch.randn(shape, generator=g)
+    return sigma, noise
+
+
+def edm2_loss_on(
+    net: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    sigma: torch.Tensor,
+    noise: torch.Tensor,
+    sigma_data: float = 0.5,
+) -> torch.Tensor:
+    """Per-element loss [B,C,H,W] for given draws; equals `edm2lib.loss.edm2_loss` on the same draws."""
+    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2  # lambda(sigma) (EDM2-FACTS 6.1)
+    denoised, logvar = net(images + noise * sigma, sigma, labels, return_logvar=True)
+    return (weight / logvar.exp()) * (denoised - images) ** 2 + logvar  # EDM2-FACTS 6.1
