@@ -131,11 +131,11 @@ def test_full_vitl14_random_init_gives_1024_features():
     assert abs(f.mean().item()) < 1e-4 and abs(f.var(unbiased=False).item() - 1) < 1e-3
 
 
-def test_nhwc_numpy_and_nchw_tensor_inputs_give_identical_features(tiny_dino):
+@pytest.mark.parametrize("which", ["inception", "tiny_dino"])
+def test_nhwc_numpy_and_nchw_tensor_inputs_give_identical_features(which, request):
+    det = request.getfixturevalue(which)
     x = images(2, 40, 40)
-    a = tiny_dino(x.numpy())
-    b = tiny_dino(x.permute(0, 3, 1, 2).contiguous())
-    assert torch.equal(a, b)
+    assert torch.equal(det(x.numpy()), det(x.permute(0, 3, 1, 2).contiguous()))
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ def as_nchw_uint8(images: Any) -> torch.Tensor:
     if images.shape[1] == 3:
         return images
     if images.shape[3] == 3:
-        return images.permute(0, 3, 1, 2)
+        return images.permute(0, 3, 1, 2).contiguous()  # same memory layout, same kernels, same numbers
     raise ValueError(
         f"images of shape {tuple(images.shape)} have no 3-channel RGB axis (dim 1 or 3); "
         "expand grayscale to RGB first"
