@@ -98,10 +98,15 @@ def _open_images(path: str | os.PathLike):
     return f
 
 
+def _share(indices: np.ndarray) -> np.ndarray:
+    """This rank's contiguous share of `indices` (contiguous shares read fastest from HDF5 chunks)."""
+    rank, world = _rank_world()
+    return np.array_split(indices, world)[rank]
+
+
 def _h5_batches(path: str | os.PathLike, indices: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
     """uint8 [B,H,W,3] batches of `images[indices]` (indices ascending), this rank's share only."""
-    rank, world = _rank_world()
-    mine = np.array_split(indices, world)[rank]  # contiguous shares read fastest from HDF5 chunks
+    mine = _share(indices)
     with _open_images(path) as f:
         images = f["images"]
         for i in range(0, len(mine), batch_size):
@@ -135,7 +140,8 @@ def reference_stats(
         indices = np.sort(np.random.default_rng(seed).choice(n_total, max_images, replace=False))
     if len(indices) < 2:
         raise ValueError(f"{images_h5}: {len(indices)} image(s); statistics need at least 2")
-    stats = compute_stats(_h5_batches(images_h5, indices, batch_size), dets, len(indices), None, progress)
+    batches = _h5_batches(images_h5, indices, batch_size)
+    stats = compute_stats(batches, dets, len(_share(indices)), None, progress)
     subset = "" if len(indices) == n_total else f", random subset, seed {seed}"
     source = f"{images_h5} ({len(indices)} of {n_total} images{subset})"
     metas = {}
@@ -173,7 +179,7 @@ def _blocks(
                 info = {"source": str(path), "n": len(idx)}
                 if seeds is not None:
                     info["seeds"] = [int(seeds[idx[0]]), int(seeds[idx[-1]])]
-                out.append((info, _h5_batches(path, idx, batch_size), len(idx)))
+                out.append((info, _h5_batches(path, idx, batch_size), len(_share(idx))))
         return out
     if seed_blocks is not None:
         raise ValueError("seed_blocks applies to HDF5 files; pass batch iterators as a list, one per block")
