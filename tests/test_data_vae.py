@@ -145,12 +145,12 @@ def test_two_ranks_encode_disjoint_halves_that_assemble_into_the_single_rank_fil
     with pytest.raises(ValueError, match="part is incomplete"):  # rank 0 alone cannot finish
         encode_dataset(images_h5, out, vae=vae_dir, batch_size=4, rank=0, world_size=2, progress=False)
     encode_dataset(images_h5, out, vae=vae_dir, batch_size=4, rank=1, world_size=2, progress=False)
-    assert not out.exists() and part_path(out, 1, 2).exists()
+    assert not out.exists() and part_path(out, 1, 2, finished=True).exists()
     encode_dataset(images_h5, out, vae=vae_dir, batch_size=4, rank=0, world_size=2, progress=False)
     with h5py.File(out) as a, h5py.File(tmp_path / "one.h5") as b:
         np.testing.assert_allclose(a["mean"][:], b["mean"][:], rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(a["std"][:], b["std"][:], rtol=1e-6, atol=1e-6)
-    assert not part_path(out, 0, 2).exists() and not part_path(out, 1, 2).exists()
+    assert not list(tmp_path.glob("two.h5.part-*"))
 
 
 def test_float16_storage_halves_the_arrays(vae_dir, images_h5, tmp_path):
@@ -168,3 +168,33 @@ def test_missing_vae_folder_error_says_which_files_to_put_where(tmp_path):
         load_vae(tmp_path / "vae")
     with pytest.raises(FileNotFoundError, match=r"config\.json and diffusion_pytorch_model\.safetensors"):
         load_vae(tmp_path / "nope")
+
+
+def _encode_rank(rank: int, port: int, images: str, out: str, vae: str) -> None:
+    torch.distributed.init_process_group("gloo", f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        encode_dataset(images, out, vae=vae, batch_size=4, progress=False)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_torch_distributed_ranks_share_the_encode(vae_dir, images_h5, tmp_path):
+    import multiprocessing as mp
+    import socket
+
+    encode_dataset(images_h5, tmp_path / "one.h5", vae=vae_dir, batch_size=4, progress=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    args = (port, str(images_h5), str(tmp_path / "two.h5"), str(vae_dir))
+    procs = [ctx.Process(target=_encode_rank, args=(r, *args)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+    assert [p.exitcode for p in procs] == [0, 0]
+    with h5py.File(tmp_path / "two.h5") as a, h5py.File(tmp_path / "one.h5") as b:
+        np.testing.assert_allclose(a["mean"][:], b["mean"][:], rtol=1e-6, atol=1e-6)
+        assert a["labels"][:].tolist() == b["labels"][:].tolist()

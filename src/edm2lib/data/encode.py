@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,16 @@ from tqdm import tqdm
 from edm2lib.data.codecs import SD_VAE_ID, sd_vae_description
 from edm2lib.data.dataset import LATENTS_FORMAT, ImageDataset, open_dataset
 from edm2lib.data.vae import encode_pixels, load_vae, vae_identity
-from edm2lib.io import atomic_path
+from edm2lib.io import atomic_path, fsync_dir
 
 COPY_ROWS = 1024  # rows per copy when assembling the parts
+POLL_S = 2.0  # how often rank 0 looks for the other ranks' finished parts
 
 
-def part_path(latents_h5: Path, rank: int, world_size: int) -> Path:
-    """Where rank `rank` of `world_size` keeps its resumable part (never the final name)."""
-    return latents_h5.with_name(f"{latents_h5.name}.part-{rank}-of-{world_size}.h5")
+def part_path(latents_h5: Path, rank: int, world_size: int, finished: bool = False) -> Path:
+    """Where rank `rank` of `world_size` keeps its resumable part, or (`finished`) its completed one."""
+    state = "done" if finished else "partial"
+    return latents_h5.with_name(f"{latents_h5.name}.part-{rank}-of-{world_size}.{state}.h5")
 
 
 def _rank_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -58,6 +61,7 @@ def _encode_part(
     images: ImageDataset,
     vae: Any,
     path: Path,
+    finished: Path,
     fingerprint: str,
     start: int,
     stop: int,
@@ -66,7 +70,13 @@ def _encode_part(
     shape: tuple[int, ...],
     progress: bool,
 ) -> None:
-    """Encode rows [start, stop) into `path`, continuing after the rows its `done` attribute counts."""
+    """Encode rows [start, stop) into `path`, continuing after the rows its `done` attribute counts,
+    then rename it to `finished` (a finished part with the same fingerprint is kept as it is)."""
+    if finished.is_file():
+        with h5py.File(finished, "r") as f:
+            if f.attrs.get("fingerprint") == fingerprint:
+                return
+        finished.unlink()
     with _open_part(path, fingerprint, stop - start, shape, dtype) as f:
         done = int(f.attrs["done"])
         bar = tqdm(
@@ -81,15 +91,12 @@ def _encode_part(
             f.flush()
             bar.update(hi - lo)
         bar.close()
+    os.replace(path, finished)
+    fsync_dir(finished.parent)
 
 
 def _assemble(images: ImageDataset, latents_h5: Path, parts: list[Path], attrs: dict[str, Any]) -> None:
     """Copy the finished parts, in rank order, into latents.h5 (written atomically), then delete them."""
-    missing = [str(p) for p in parts if not p.is_file()]
-    if missing:
-        raise ValueError(
-            f"{latents_h5}: part is incomplete: {missing} missing; run every rank to the end first"
-        )
     with atomic_path(latents_h5) as tmp, h5py.File(tmp, "w", libver="earliest") as out:
         with h5py.File(parts[0], "r") as p0:
             shape, dtype = p0["mean"].shape[1:], p0["mean"].dtype
@@ -98,8 +105,6 @@ def _assemble(images: ImageDataset, latents_h5: Path, parts: list[Path], attrs: 
         row = 0
         for p in parts:
             with h5py.File(p, "r") as f:
-                if int(f.attrs["done"]) != len(f["mean"]):
-                    raise ValueError(f"{p}: part is incomplete ({f.attrs['done']}/{len(f['mean'])} rows)")
                 for lo in range(0, len(f["mean"]), COPY_ROWS):
                     for name in ("mean", "std"):
                         block = f[name][lo : lo + COPY_ROWS]
@@ -134,9 +139,10 @@ def encode_dataset(
     """Encode `images_h5` into `latents_h5`: `mean`, `std` [N,4,h,w] + labels + VAE identity attributes.
 
     `vae` is a local folder, a hub id (loaded at `revision`) or a loaded AutoencoderKL. Resumable: each rank
-    writes ``<latents_h5>.part-R-of-W.h5`` and flushes per batch; rerunning continues after the last
-    finished batch. Rank/world come from torch.distributed when initialised; rank 0 assembles the parts
-    into `latents_h5` after a barrier (without torch.distributed, rank 0 must run last). Returns a summary.
+    writes ``<latents_h5>.part-R-of-W.partial.h5``, flushed per batch and renamed ``.done.h5`` when
+    finished; rerunning continues after the last finished batch. Rank/world come from torch.distributed
+    when initialised; rank 0 waits for every finished part, then assembles `latents_h5` (without
+    torch.distributed, pass `rank`/`world_size` and run rank 0 last). Returns a summary.
     """
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype={dtype!r}; expected 'float32' or 'float16'")
@@ -154,13 +160,19 @@ def encode_dataset(
         probe = encode_pixels(model, images.raw([0]))
     shape = (probe.shape[1] // 2, *probe.shape[2:])
     fingerprint = _fingerprint(images_h5, identity, dtype, batch_size)
-    parts = [part_path(latents_h5, r, world_size) for r in range(world_size)]
+    parts = [part_path(latents_h5, r, world_size, finished=True) for r in range(world_size)]
     start, stop = _rank_range(len(images), rank, world_size)
     show = progress and rank == 0
-    _encode_part(images, model, parts[rank], fingerprint, start, stop, batch_size, dtype, shape, show)
-    if distributed:
-        torch.distributed.barrier()
+    work = part_path(latents_h5, rank, world_size)
+    _encode_part(images, model, work, parts[rank], fingerprint, start, stop, batch_size, dtype, shape, show)
     if rank == 0:
+        # wait on files, not on a collective: after a resume ranks may finish hours apart
+        while missing := [p for p in parts if not p.is_file()]:
+            if not distributed:
+                raise ValueError(
+                    f"{latents_h5}: part is incomplete: {missing[0]} missing; run that rank first"
+                )
+            time.sleep(POLL_S)
         encoder = {**sd_vae_description(identity["vae"], identity["revision"]), "input_range": [0, 1]}
         encoder["vae_sha256"] = identity["vae_sha256"]
         attrs = {
@@ -181,7 +193,5 @@ def encode_dataset(
             "label_dim": images.label_dim,
         }
         _assemble(images, latents_h5, parts, attrs)
-    if distributed:
-        torch.distributed.barrier()
     images.close()
     return {"path": str(latents_h5), "count": len(images), "shape": list(shape), "rank": rank, **identity}
