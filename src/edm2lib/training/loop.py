@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import resource
 import sys
@@ -293,9 +294,7 @@ class Trainer:
                     cfg.checkpoint_minutes > 0
                     and time.monotonic() - last_ckpt_time >= 60 * cfg.checkpoint_minutes
                 )
-                stop, due_time = distributed.all_reduce_max(
-                    [flag.raised, self.dist.is_main and due_time], self.device
-                )
+                stop, due_time, preempted = self._agree(flag, due_time)
                 done = self.nimg >= cfg.duration
                 if self.nimg % cfg.status_nimg == 0 or done or stop:
                     status = self._status(window)
@@ -303,16 +302,11 @@ class Trainer:
                     self._snapshot()
                 ckpt_due = cfg.checkpoint_nimg and self.nimg % cfg.checkpoint_nimg == 0
                 if ckpt_due or due_time or stop or done:
-                    extra = (
-                        {"preempt": {"signal": flag.signum, "signal_nimg": flag.signal_nimg}} if stop else {}
-                    )
-                    self.save_checkpoint(extra)
+                    self.save_checkpoint({"preempt": preempted} if stop else {})
                     last_ckpt_time = time.monotonic()
                 if stop:
                     exit_code, reason = preempt.EXIT_PREEMPTED, "preempted"
-                    self.log(
-                        f"preempted (signal {flag.signum} at nimg {flag.signal_nimg}), stopped at {self.nimg}"
-                    )
+                    self.log(f"preempted by signal {preempted['signal']} at nimg {preempted['signal_nimg']}")
                     if self.dist.is_main:
                         preempt.maybe_requeue(cfg.requeue, self.log)
                     break
@@ -330,6 +324,14 @@ class Trainer:
             "last_status": status,
             "run_dir": str(self.run_dir),
         }
+
+    def _agree(self, flag: preempt.PreemptionFlag, due_time: bool) -> tuple[bool, bool, dict[str, int]]:
+        """Collective: (stop, time for a checkpoint, preemption record) as every rank will see them."""
+        # a signal on any rank stops all ranks; rank 0's clock decides time-based checkpoints
+        neg_nimg = -flag.signal_nimg if flag.signal_nimg is not None else -math.inf
+        mine = [flag.raised, self.dist.is_main and due_time, flag.signum or 0, neg_nimg]
+        stop, due, signum, neg_nimg = distributed.all_reduce_max(mine, self.device)
+        return bool(stop), bool(due), {"signal": int(signum), "signal_nimg": int(-neg_nimg) if stop else -1}
 
     def _status(self, window: dict[str, Any]) -> dict[str, Any]:
         """Collective: loss averaged over ranks and steps since the last status line; rank 0 logs it."""
