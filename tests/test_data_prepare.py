@@ -113,6 +113,24 @@ def test_on_error_fail_names_the_first_bad_file_and_writes_nothing(broken, tmp_p
     assert not list(tmp_path.glob(".out.h5*"))  # no temporary left behind
 
 
+def test_killed_prepare_leaves_no_file_under_the_final_name(tmp_path, monkeypatch):
+    import edm2lib.data.prepare as prepare_mod
+
+    src = _class_folder(tmp_path / "src", per_class=40)
+    real, calls = prepare_mod.convert, {"n": 0}
+
+    def dies_midway(*args):
+        calls["n"] += 1
+        if calls["n"] == 50:
+            raise KeyboardInterrupt("killed")
+        return real(*args)
+
+    monkeypatch.setattr(prepare_mod, "convert", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(src, tmp_path / "out.h5", 8, workers=1, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
 def test_same_input_gives_byte_identical_file_with_any_worker_count(tmp_path):
     src = _class_folder(tmp_path / "src", per_class=20)
     (src / "a_red" / "big.jpg").write_bytes(_jpeg((1, 2, 3), size=(300, 200)))
@@ -165,6 +183,27 @@ def test_edm2_dataset_json_at_the_root_is_used_with_integer_labels(tmp_path):
     prepare_dataset(d, tmp_path / "out.h5", 8, workers=1, progress=False)
     ds = open_dataset(tmp_path / "out.h5")
     assert ds.label_dim == 4 and ds.labels([0, 1]).argmax(1).tolist() == [3, 0]
+
+
+def test_zip_with_a_json_labels_member_and_nested_class_folders(tmp_path):
+    with zipfile.ZipFile(tmp_path / "l.zip", "w") as z:
+        z.writestr("x/deep/1.jpg", _jpeg((0, 0, 0)))
+        z.writestr("y/2.jpg", _jpeg((255, 255, 255)))
+        z.writestr("meta/labels.json", json.dumps({"x/deep/1.jpg": "coat", "y/2.jpg": "bag"}))
+    prepare_dataset(
+        tmp_path / "l.zip", tmp_path / "a.h5", 8, labels="meta/labels.json", workers=1, progress=False
+    )
+    prepare_dataset(tmp_path / "l.zip", tmp_path / "b.h5", 8, workers=1, progress=False)
+    a, b = open_dataset(tmp_path / "a.h5"), open_dataset(tmp_path / "b.h5")
+    assert a.class_names == ["bag", "coat"] and a.class_ids.tolist() == [1, 0]
+    assert b.class_names == ["x", "y"] and b.class_ids.tolist() == [0, 1]  # class = first path component
+
+
+def test_top_level_images_in_a_class_folder_layout_are_reported(tmp_path):
+    src = _class_folder(tmp_path / "src", per_class=1)
+    (src / "stray.jpg").write_bytes(_jpeg((1, 1, 1)))
+    s = prepare_dataset(src, tmp_path / "out.h5", 8, workers=1, progress=False)
+    assert s["count"] == 2 and "top level of a class-folder layout" in _report(s)["stray.jpg"]
 
 
 def test_zip_with_duplicate_entries_skips_them_with_a_message(tmp_path):

@@ -10,14 +10,14 @@ from PIL import Image, UnidentifiedImageError
 
 TRANSFORMS = ("center-crop-dhariwal", "center-crop", "resize", "pad")
 
-Image.MAX_IMAGE_PIXELS = 200_000_000  # larger files are rejected as decompression bombs
 WHITE = (255, 255, 255)
 
 
 def decode_image(payload: bytes | np.ndarray) -> Image.Image:
     """Open encoded bytes (or wrap an HxW / HxWxC uint8 array) as a fully decoded PIL image.
 
-    Animated files give their first frame. Raises ValueError with the decoder's reason."""
+    Animated files give their first frame; images over PIL's `MAX_IMAGE_PIXELS` (about 89 Mpx) are refused
+    as decompression bombs. Raises ValueError with the decoder's reason."""
     if isinstance(payload, np.ndarray):
         return Image.fromarray(payload)
     if len(payload) == 0:
