@@ -7,11 +7,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from edm2lib.loss import edm2_loss
+from edm2lib.networks import Precond
+from edm2lib.training import __main__ as cli
 from edm2lib.training import checkpoint, distributed, loop
 from edm2lib.training.config import TrainConfig
-from edm2lib.training.data_sampler import ShardedSampler
+from edm2lib.training.data_sampler import ShardedSampler, make_generator
+from edm2lib.training.loss import draw_noise, edm2_loss_on
 from edm2lib.training.schedule import learning_rate
-from training_fixtures import tiny_config
+from training_fixtures import TINY_NET, tiny_config
 
 torch.set_num_threads(1)
 
@@ -186,3 +190,31 @@ def test_old_checkpoints_are_pruned_to_keep_the_newest(tmp_path):
     assert [n for n, _ in checkpoint.list_checkpoints(tmp_path / "run")] == [32, 40]
     again = loop.train(tiny_config(tmp_path, duration=40))  # finished runs stay finished
     assert again["nimg"] == 40
+
+
+def test_per_example_draws_give_the_shared_edm2_loss():
+    torch.manual_seed(0)
+    net = Precond(8, 3, 3, **TINY_NET).eval()  # eval: no in-place weight normalisation between calls
+    x, labels = torch.randn(3, 3, 8, 8), torch.eye(3)
+    sigma, noise = draw_noise(range(40, 43), (3, 8, 8), P_mean=-0.4, P_std=1.0, seed=7)
+    ours = edm2_loss_on(net, x, labels, sigma, noise)
+    for i, q in enumerate(range(40, 43)):  # the official draw order from each example's own generator
+        g = make_generator("cpu", "noise", 7, q)
+        shared = edm2_loss(net, x[i : i + 1], labels[i : i + 1], -0.4, 1.0, 0.5, generator=g)
+        torch.testing.assert_close(ours[i : i + 1], shared, rtol=1e-6, atol=1e-6)
+    again = draw_noise(range(41, 43), (3, 8, 8), P_mean=-0.4, P_std=1.0, seed=7)
+    assert torch.equal(again[0], sigma[1:]) and torch.equal(again[1], noise[1:])  # split-invariant
+
+
+def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "cfg.yaml"
+    bad.write_text(json.dumps({**tiny_config(tmp_path), "batch": 8, "snapshot_nimg": 12}))
+    assert cli.main(["--config", str(bad)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "error: config key 'snapshot_nimg' = 12 is not a multiple of the batch 8"
+    assert cli.main(["--config", str(tmp_path / "missing.yaml")]) == 1
+    assert "missing.yaml: training config not found" in capsys.readouterr().err
+    good = tmp_path / "good.yaml"
+    good.write_text(json.dumps(tiny_config(tmp_path, duration=16)))
+    assert cli.main(["--config", str(good), "--set", "data=/nonexistent.h5"]) == 1
+    assert capsys.readouterr().err.startswith("error: /nonexistent.h5: no such data set")
