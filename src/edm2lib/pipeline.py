@@ -1,0 +1,218 @@
+"""Pipeline config logic: validation with one-line messages, and the grid of scored points it expands to.
+
+The Snakemake rules only wire files together; everything they need to know about the config (which
+post-hoc EMA targets a run needs, which points get sampled and scored, which guide network a point uses,
+which seeds a block holds) is computed here, so it is testable without Snakemake.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FINAL = "final"  # `nimg: final` = the end of a run's training
+SAME = "same"  # guide `sigma_rel: same` = the sigma_rel of the point being guided (CFG in the paper)
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One scored configuration: a post-hoc EMA reconstruction of a run, sampled with one guidance setting."""
+
+    run: str
+    nimg: int
+    sigma_rel: float
+    guidance: str
+
+    @property
+    def name(self) -> str:
+        """Directory name of the point, e.g. `000000131072-0.100-ag` (nimg zero-padded to 12 digits)."""
+        return f"{self.nimg:012d}-{self.sigma_rel:.3f}-{self.guidance}"
+
+
+def phema_name(nimg: int, sigma_rel: float) -> str:
+    """File name of a post-hoc EMA reconstruction (ARCHITECTURE.md: data flow)."""
+    return f"phema-{nimg:012d}-{sigma_rel:.3f}.safetensors"
+
+
+def _path(parts: list[Any]) -> str:
+    return ".".join(str(p) for p in parts) or "<top level>"
+
+
+def _message(error: Any) -> str:
+    """One line for a jsonschema error: where, what, and where the keys are documented."""
+    where = _path(list(error.absolute_path))
+    if error.validator == "additionalProperties":
+        return f"config: {where}: {error.message}; the allowed keys are listed in config/README.md"
+    return f"config: {where}: {error.message} (see config/README.md)"
+
+
+def validate_config(config: dict, schema_path: str | Path) -> dict:
+    """Validate `config` against the JSON schema (filling in its defaults), then check cross-references.
+
+    Raises ValueError with one line naming the offending key and value. Returns `config` (modified in place).
+    """
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator_cls = jsonschema.validators.validator_for(schema)
+    # fill in defaults while validating (the jsonschema FAQ's extension, as snakemake.utils.validate does)
+    set_defaults = validator_cls.VALIDATORS["properties"]
+
+    def properties(validator, props, instance, subschema):
+        if isinstance(instance, dict):
+            for key, sub in props.items():
+                if "default" in sub:
+                    instance.setdefault(key, sub["default"])
+        yield from set_defaults(validator, props, instance, subschema)
+
+    validator = jsonschema.validators.extend(validator_cls, {"properties": properties})(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        raise ValueError(_message(error))
+    _check_references(config)
+    return config
+
+
+def _check_references(config: dict) -> None:
+    runs = config["runs"]
+    for name, run in runs.items():
+        if run["duration"] % run["snapshot_nimg"]:
+            raise ValueError(
+                f"config: runs.{name}: duration {run['duration']} is not a multiple of "
+                f"snapshot_nimg {run['snapshot_nimg']}"
+            )
+    for name, g in config["guidance"].items():
+        guide = g.get("guide")
+        if guide is None:
+            if g["w"] != 1:
+                raise ValueError(f"config: guidance.{name}: w = {g['w']} needs a guide network (guide: ...)")
+            continue
+        if guide["run"] not in runs:
+            raise ValueError(
+                f"config: guidance.{name}.guide.run: unknown run {guide['run']!r}; runs: {sorted(runs)}"
+            )
+        _resolve_nimg(config, guide["run"], guide["nimg"], f"guidance.{name}.guide.nimg")
+    for name, run in runs.items():
+        for g in run.get("guidance") or []:
+            if g not in config["guidance"]:
+                raise ValueError(
+                    f"config: runs.{name}.guidance: unknown guidance {g!r}; "
+                    f"defined: {sorted(config['guidance'])}"
+                )
+        for nimg in config["phema"]["nimg"]:
+            _resolve_nimg(config, name, nimg, "phema.nimg")
+    rounded = [f"{s:.3f}" for s in config["phema"]["sigma_rel"]]
+    if len(set(rounded)) != len(rounded):
+        raise ValueError(
+            f"config: phema.sigma_rel: values must differ in the first 3 decimals (got {rounded})"
+        )
+
+
+def _resolve_nimg(config: dict, run: str, nimg: int | str, key: str) -> int:
+    """A training time of `run` in images: `final` = its duration; a number must be a snapshot time."""
+    r = config["runs"][run]
+    if nimg == FINAL:
+        return r["duration"]
+    if not 0 < nimg <= r["duration"] or nimg % r["snapshot_nimg"]:
+        raise ValueError(
+            f"config: {key}: nimg {nimg} of run {run!r} must be a multiple of its snapshot_nimg "
+            f"{r['snapshot_nimg']} in (0, {r['duration']}] or 'final'"
+        )
+    return int(nimg)
+
+
+def sampled_runs(config: dict) -> list[str]:
+    """Runs whose reconstructions are sampled and scored (a run with `guidance: []` only guides)."""
+    return [name for name, run in config["runs"].items() if run.get("guidance", None) != []]
+
+
+def run_guidance(config: dict, run: str) -> list[str]:
+    """Guidance settings applied to `run` (all of them unless the run lists its own)."""
+    own = config["runs"][run].get("guidance")
+    return list(config["guidance"]) if own is None else list(own)
+
+
+def points(config: dict) -> list[Point]:
+    """Every scored point: sampled runs x phema times x sigma_rel grid x guidance settings."""
+    out = []
+    for run in sampled_runs(config):
+        for nimg in config["phema"]["nimg"]:
+            for sigma_rel in config["phema"]["sigma_rel"]:
+                for g in run_guidance(config, run):
+                    out.append(Point(run, _resolve_nimg(config, run, nimg, "phema.nimg"), sigma_rel, g))
+    return out
+
+
+def guide_target(config: dict, point: Point) -> tuple[str, int, float] | None:
+    """(run, nimg, sigma_rel) of the reconstruction that guides `point`, or None without a guide."""
+    guide = config["guidance"][point.guidance].get("guide")
+    if guide is None:
+        return None
+    nimg = _resolve_nimg(config, guide["run"], guide["nimg"], f"guidance.{point.guidance}.guide.nimg")
+    sigma_rel = point.sigma_rel if guide["sigma_rel"] == SAME else guide["sigma_rel"]
+    return guide["run"], nimg, sigma_rel
+
+
+def phema_targets(config: dict, run: str) -> list[tuple[int, float]]:
+    """Sorted unique (nimg, sigma_rel) reconstructions of `run` that some point or guide needs."""
+    targets = set()
+    for p in points(config):
+        if p.run == run:
+            targets.add((p.nimg, round(p.sigma_rel, 3)))
+        g = guide_target(config, p)
+        if g is not None and g[0] == run:
+            targets.add((g[1], round(g[2], 3)))
+    return sorted(targets)
+
+
+def phema_runs(config: dict) -> list[str]:
+    """Runs that need any reconstruction (sampled runs and guide runs)."""
+    return [run for run in config["runs"] if phema_targets(config, run)]
+
+
+def snapshot_names(run_config: Mapping[str, Any]) -> list[tuple[int, float]]:
+    """(nimg, sigma_rel) of every snapshot a run writes: every snapshot_nimg after 0, each tracked EMA."""
+    step, duration = run_config["snapshot_nimg"], run_config["duration"]
+    return [(n, s) for n in range(step, duration + 1, step) for s in run_config["ema_sigma_rel"]]
+
+
+def seed_range(config: dict, block: int) -> tuple[int, int]:
+    """First and one-past-last seed of seed block `block` (blocks are consecutive, `sampling.images` each)."""
+    n = config["sampling"]["images"]
+    if not 0 <= block < config["sampling"]["seed_blocks"]:
+        raise ValueError(f"seed block {block} out of range [0, {config['sampling']['seed_blocks']})")
+    start = config["sampling"].get("first_seed", 0) + block * n
+    return start, start + n
+
+
+def data_source(data: Mapping[str, Any]) -> str:
+    """The `edm2lib.data.prepare_dataset` source for the `data` config section."""
+    if data["source"] == "fashion-mnist":
+        return "fashion-mnist" + (f":{data['path']}" if data.get("path") else "")
+    return str(data["path"])
+
+
+def point_record(config: dict, point: Point, block: int) -> dict[str, Any]:
+    """What a results row says about a point and seed block besides its scores (see `edm2lib.report`)."""
+    run = config["runs"][point.run]
+    setting = config["guidance"][point.guidance]
+    target = guide_target(config, point)
+    first, end = seed_range(config, block)
+    interval = setting.get("interval")
+    return {
+        "run": point.run,
+        "model": run["preset"] + ("" if run.get("conditional", True) else "-uncond"),
+        "nimg": point.nimg,
+        "sigma_rel": round(point.sigma_rel, 3),
+        "guidance": point.guidance,
+        "w": setting["w"],
+        "guide": "" if target is None else f"{target[0]}@{target[1]}/{target[2]:.3f}",
+        "interval": "" if interval is None else f"{interval[0]:g}-{interval[1]:g}",
+        "steps": config["sampling"]["num_steps"],
+        "seeds": f"{first}-{end - 1}",
+        "block": block,
+    }

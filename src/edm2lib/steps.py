@@ -1,0 +1,140 @@
+"""Pipeline steps between config and engines: training config, trained marker, a run's reconstructions.
+
+Each function is what one workflow script calls; `run_step` gives all of them the same error contract.
+Command line (used by the training rule after the ranks exit): `python -m edm2lib.steps trained CFG OUT`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edm2lib.io import atomic_write_text, read_network_meta
+
+
+def run_step(log_path: str | Path, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Run one pipeline step with its output in `log_path`; a ValueError/FileNotFoundError/KeyError from the
+    library ends the process with that one line on stderr (so Snakemake shows it) and exit code 1."""
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        logging.basicConfig(
+            stream=log, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True
+        )
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError, KeyError) as error:
+            failure = f"error: {type(error).__name__}: {error}".replace("\n", " ")
+            print(failure, file=log)
+    print(failure, file=sys.stderr)
+    raise SystemExit(1)
+
+
+def default_device() -> str:
+    """`cuda` when a GPU is visible, else `cpu` (every engine falls back to CPU with the same results)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# pipeline run keys that are not TrainConfig keys, or are named differently there
+_RENAMED = {"ema_sigma_rel": "sigma_rels"}
+_PIPELINE_ONLY = {"conditional", "guidance"}
+
+
+def training_config(run: Mapping[str, Any], data: str, run_dir: str) -> dict[str, Any]:
+    """The `edm2lib.training` config of one `runs.<name>` entry (None values keep the preset's)."""
+    values: dict[str, Any] = {"data": str(data), "run_dir": str(run_dir)}
+    for key, value in run.items():
+        if key in _PIPELINE_ONLY or value is None:
+            continue
+        values[_RENAMED.get(key, key)] = value
+    if not run.get("conditional", True):
+        values["network"] = {**values.get("network", {}), "label_dim": 0}  # unconditional (CFG guide)
+    return values
+
+
+def write_training_config(run: Mapping[str, Any], data: str, out_yaml: str | Path) -> dict[str, Any]:
+    """Write runs/<run>/training.yaml (run_dir = its folder), validated by `TrainConfig` first."""
+    from edm2lib.training.config import TrainConfig
+
+    out_yaml = Path(out_yaml)
+    values = training_config(run, data, str(out_yaml.parent))
+    TrainConfig.from_dict(values)  # a bad key or value fails here, before any compute
+    atomic_write_text(out_yaml, yaml.safe_dump(values, sort_keys=False))
+    return values
+
+
+def write_trained(config_yaml: str | Path, out_json: str | Path) -> dict[str, Any]:
+    """After training exited 0: check that the final snapshots exist and list every snapshot in `out_json`."""
+    from edm2lib.ema import snapshot_name
+    from edm2lib.reconstruct import find_snapshots
+    from edm2lib.training.config import TrainConfig
+
+    cfg = TrainConfig.load(config_yaml)
+    snapshots = find_snapshots(Path(cfg.run_dir) / "snapshots")
+    final = [Path(cfg.run_dir) / "snapshots" / snapshot_name(cfg.duration, s) for s in cfg.sigma_rels]
+    missing = [str(p) for p in final if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"training of {cfg.run_dir} ended without its final snapshots {missing}")
+    record = {"run_dir": cfg.run_dir, "duration": cfg.duration, "snapshots": [str(p) for p in snapshots]}
+    atomic_write_text(out_json, json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def _targets_by_time(targets: Sequence[Sequence[float]]) -> dict[int, list[float]]:
+    by_time: dict[int, list[float]] = {}
+    for nimg, sigma_rel in targets:
+        by_time.setdefault(int(nimg), []).append(float(sigma_rel))
+    return by_time
+
+
+def reconstruct_run(
+    trained_json: str | Path, targets: Sequence[Sequence[float]], out_dir: str | Path
+) -> list[Path]:
+    """Post-hoc EMA reconstructions (nimg, sigma_rel) of a trained run into `out_dir`, one pass per time."""
+    from edm2lib.reconstruct import reconstruct
+
+    snapshots = json.loads(Path(trained_json).read_text())["snapshots"]
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    outputs = []
+    for nimg, sigma_rels in sorted(_targets_by_time(targets).items()):
+        outputs += reconstruct(snapshots, sigma_rels, nimg, out_dir=out_dir, progress=False)
+    for path in outputs:
+        print(f"{path}: profile error {read_network_meta(path)['profile_error']:.2e}")
+    return outputs
+
+
+def plot_run_profiles(
+    trained_json: str | Path, targets: Sequence[Sequence[float]], out_png: str | Path
+) -> None:
+    """PNG of a run's target EMA profiles and their reconstructions from its snapshots."""
+    from edm2lib.phema_plot import plot_profiles
+
+    metas = [read_network_meta(p) for p in json.loads(Path(trained_json).read_text())["snapshots"]]
+    nimg, sigma_rel = zip(*targets)
+    plot_profiles([m["nimg"] for m in metas], [m["sigma_rel"] for m in metas], nimg, sigma_rel, out_png)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 3 or argv[0] != "trained":
+        print("usage: python -m edm2lib.steps trained TRAINING_YAML OUT_JSON", file=sys.stderr)
+        return 2
+    try:
+        write_trained(argv[1], argv[2])
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
