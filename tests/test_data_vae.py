@@ -108,6 +108,10 @@ def test_latent_batches_draw_mean_plus_std_noise_anew_from_the_generator(vae_dir
     x, _ = ds.get_batch([4, 2], torch.Generator().manual_seed(7))
     torch.testing.assert_close(x, (mean + std * noise) * scale + bias)
     assert not torch.equal(x, ds.get_batch([4, 2], torch.Generator().manual_seed(8))[0])
+    # one generator per example gives the same as one call per example
+    gens = [torch.Generator().manual_seed(s) for s in (11, 12)]
+    each = [ds.get_batch([i], torch.Generator().manual_seed(s))[0] for i, s in zip([4, 2], (11, 12))]
+    torch.testing.assert_close(ds.get_batch([4, 2], gens)[0], torch.cat(each), rtol=0, atol=0)
 
 
 def test_killed_encode_resumes_and_matches_an_uninterrupted_run(vae_dir, images_h5, tmp_path, monkeypatch):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -45,6 +45,11 @@ def parse_encoder(encoder: Mapping[str, Any] | str) -> dict[str, Any]:
     return desc
 
 
+def _randn(shape: Sequence[int], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    noise_device = generator.device if generator is not None else device
+    return torch.randn(tuple(shape), generator=generator, device=noise_device).to(device)
+
+
 class PixelCodec:
     """Network space = uint8 / 127.5 - 1 (EDM2-FACTS 6.6, StandardRGBEncoder)."""
 
@@ -54,7 +59,7 @@ class PixelCodec:
         self.encoder = dict(encoder or PIXELS)
         self.device = torch.device(device)
 
-    def encode_batch(self, raw: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode_batch(self, raw: torch.Tensor, generator: object = None) -> torch.Tensor:
         """uint8 [B,3,H,W] -> float32 network space in [-1, 1]; `generator` is unused (no noise)."""
         return raw.to(self.device, torch.float32) / 127.5 - 1  # EDM2-FACTS 6.6
 
@@ -92,15 +97,21 @@ class VAECodec:
     def _per_channel(self, t: torch.Tensor, device: torch.device) -> torch.Tensor:
         return t.to(device).reshape(1, -1, 1, 1)
 
-    def encode_batch(self, raw: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode_batch(
+        self, raw: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None = None
+    ) -> torch.Tensor:
         """Raw mean||std [B,8,h,w] -> one fresh latent sample [B,4,h,w] in network space.
 
         The noise is drawn on `generator`'s device (CPU by default) so a seed gives the same latents on
-        any device."""
+        any device; a sequence of B generators draws each example's noise from its own generator."""
         raw = raw.to(self.device, torch.float32)
         mean, std = raw.chunk(2, dim=1)
-        noise_device = generator.device if generator is not None else self.device
-        noise = torch.randn(mean.shape, generator=generator, device=noise_device).to(self.device)
+        if isinstance(generator, Sequence):
+            if len(generator) != len(mean):
+                raise ValueError(f"{len(generator)} generators for a batch of {len(mean)}")
+            noise = torch.cat([_randn(mean.shape[1:], g, self.device)[None] for g in generator])
+        else:
+            noise = _randn(mean.shape, generator, self.device)
         z = mean + std * noise  # EDM2-FACTS 6.6: sample the posterior anew on every use
         return z * self._per_channel(self.scale, z.device) + self._per_channel(self.bias, z.device)
 

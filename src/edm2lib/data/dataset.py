@@ -109,9 +109,14 @@ class _H5Dataset:
         return torch.from_numpy(self.class_ids[idx])
 
     def get_batch(
-        self, indices: Sequence[int] | np.ndarray | torch.Tensor, generator: torch.Generator | None = None
+        self,
+        indices: Sequence[int] | np.ndarray | torch.Tensor,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x float32 [B,C,H,W] in network space, one-hot labels float32 [B,label_dim]), on the CPU."""
+        """(x float32 [B,C,H,W] in network space, one-hot labels float32 [B,label_dim]), on the CPU.
+
+        Latent noise comes from `generator`, or from one generator per example if a sequence is given
+        (the same result as one call per example, in one read)."""
         return self.codec.encode_batch(self.raw(indices), generator), self.labels(indices)
 
     def __repr__(self) -> str:
