@@ -111,8 +111,9 @@ def test_dinov2_vitl14_has_exactly_the_published_keys_and_parameter_count():
 
 @pytest.mark.parametrize("size", [32, 64, 299, 512])
 def test_inception_gives_2048_finite_features_for_any_input_size(inception, size):
-    f = inception(images(2, size, size, seed=size))
-    assert f.shape == (2, 2048) and f.dtype == torch.float32 and torch.isfinite(f).all()
+    n = 2 if size == 64 else 1
+    f = inception(images(n, size, size, seed=size))
+    assert f.shape == (n, 2048) and f.dtype == torch.float32 and torch.isfinite(f).all()
     assert (f >= 0).all() and f.std() > 0  # average of ReLU outputs, not constant
 
 
@@ -134,7 +135,7 @@ def test_full_vitl14_random_init_gives_1024_features():
 @pytest.mark.parametrize("which", ["inception", "tiny_dino"])
 def test_nhwc_numpy_and_nchw_tensor_inputs_give_identical_features(which, request):
     det = request.getfixturevalue(which)
-    x = images(2, 40, 40)
+    x = images(1, 40, 40)
     assert torch.equal(det(x.numpy()), det(x.permute(0, 3, 1, 2).contiguous()))
 
 
