@@ -312,3 +312,11 @@ def test_nvidia_pickle_is_refused_unless_trusted_and_then_wrapped(tmp_path):
     x = images(2, 16, 16)
     assert det(x).shape == (2, 2048)
     assert det.identity["sha256"] == sha256_file(path) and det.identity["resize"] == "nvidia-internal"
+
+
+def test_device_defaults_to_cpu_without_cuda_and_cuda_request_fails_clearly(tiny_dino):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: the fallback path is not reachable")
+    assert tiny_dino.device == torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        load_detector("dinov2", allow_random=True, download=False, device="cuda", **TINY_DINO)

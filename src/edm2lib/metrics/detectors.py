@@ -43,15 +43,27 @@ def as_nchw_uint8(images: Any) -> torch.Tensor:
     )
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None -> cuda:LOCAL_RANK if CUDA is available, else cpu; a CUDA device without CUDA is an error."""
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} requested but CUDA is not available; use device=None or 'cpu'")
+    return device
+
+
 class Detector:
     """A feature network plus its identity; `detector(images)` -> float32 [N, dim] on `device`."""
 
-    def __init__(self, name: str, net: torch.nn.Module, dim: int, identity: dict, device="cpu"):
+    def __init__(self, name: str, net: torch.nn.Module, dim: int, identity: dict, device=None):
         self.name = name  # 'inception' | 'dinov2'
         self.metric = METRIC.get(name, name)  # 'fid' | 'fd_dinov2'
         self.dim = dim
         self.identity = dict(identity)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.net = net.to(self.device).eval().requires_grad_(False)
 
     def __repr__(self) -> str:
@@ -84,7 +96,7 @@ def load_detector(
     name: str,
     weights: str | os.PathLike | None = None,
     allow_random: bool = False,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     download: bool = True,
     verify: bool = True,
     seed: int = 0,
@@ -96,6 +108,7 @@ def load_detector(
     `allow_random=True` uses deterministic random weights (seed `seed`) when no file is found: the identity
     then says 'random-init' and so does every statistic and score computed with it.
     `arch` (DINOv2 only: embed_dim, depth, num_heads, ...) builds a smaller variant, random-init only.
+    `device` None: this rank's GPU (LOCAL_RANK) when CUDA is available, else the CPU.
     """
     if arch and not allow_random:
         raise ValueError(f"architecture overrides {sorted(arch)} exist for random-init tests only")
@@ -118,7 +131,7 @@ def load_detector(
     return Detector(name, net, dim, identity, device)
 
 
-def load_nvidia_inception_pkl(path: str | os.PathLike, trusted: bool = False, device="cpu") -> Detector:
+def load_nvidia_inception_pkl(path: str | os.PathLike, trusted: bool = False, device=None) -> Detector:
     """NVIDIA's `inception-2015-12-05.pkl` (the exact detector EDM2 runs), from a local file you trust.
 
     DANGER: the file is a Python pickle; unpickling runs arbitrary code from it, and it needs NVIDIA's
