@@ -51,7 +51,8 @@ def _open_part(path: Path, fingerprint: str, rows: int, shape: tuple[int, ...], 
         path.unlink()
     f = h5py.File(path, "w")
     for name in ("mean", "std"):
-        f.create_dataset(name, shape=(rows, *shape), dtype=dtype, chunks=(1, *shape), track_times=False)
+        chunks = (1, *shape) if rows else None  # a rank may get no rows when N < world size
+        f.create_dataset(name, shape=(rows, *shape), dtype=dtype, chunks=chunks, track_times=False)
     f.attrs["fingerprint"] = fingerprint
     f.attrs["done"] = 0
     return f
@@ -96,7 +97,7 @@ def _encode_part(
 
 
 def _assemble(images: ImageDataset, latents_h5: Path, parts: list[Path], attrs: dict[str, Any]) -> None:
-    """Copy the finished parts, in rank order, into latents.h5 (written atomically), then delete them."""
+    """Copy the finished parts, in rank order, into latents.h5 (written atomically), then delete all parts."""
     with atomic_path(latents_h5) as tmp, h5py.File(tmp, "w", libver="earliest") as out:
         with h5py.File(parts[0], "r") as p0:
             shape, dtype = p0["mean"].shape[1:], p0["mean"].dtype
@@ -120,7 +121,7 @@ def _assemble(images: ImageDataset, latents_h5: Path, parts: list[Path], attrs: 
         )
         for k in sorted(attrs):
             out.attrs[k] = attrs[k]
-    for p in parts:
+    for p in latents_h5.parent.glob(f"{latents_h5.name}.part-*.h5"):  # also stale ones of other world sizes
         p.unlink()
 
 
