@@ -190,6 +190,7 @@ def test_zip_with_a_json_labels_member_and_nested_class_folders(tmp_path):
         z.writestr("x/deep/1.jpg", _jpeg((0, 0, 0)))
         z.writestr("y/2.jpg", _jpeg((255, 255, 255)))
         z.writestr("meta/labels.json", json.dumps({"x/deep/1.jpg": "coat", "y/2.jpg": "bag"}))
+        z.writestr("__MACOSX/y/._2.jpg", b"resource fork, not an image")  # macOS zip debris: ignored
     prepare_dataset(
         tmp_path / "l.zip", tmp_path / "a.h5", 8, labels="meta/labels.json", workers=1, progress=False
     )
@@ -197,6 +198,11 @@ def test_zip_with_a_json_labels_member_and_nested_class_folders(tmp_path):
     a, b = open_dataset(tmp_path / "a.h5"), open_dataset(tmp_path / "b.h5")
     assert a.class_names == ["bag", "coat"] and a.class_ids.tolist() == [1, 0]
     assert b.class_names == ["x", "y"] and b.class_ids.tolist() == [0, 1]  # class = first path component
+    with zipfile.ZipFile(tmp_path / "bad.zip", "w") as z:
+        z.writestr("a.jpg", _jpeg((0, 0, 0)))
+        z.writestr("labels.json", json.dumps({"labels": [["a.jpg", [0.5, 0.5]]]}))
+    with pytest.raises(ValueError, match=r"entry \['a.jpg', \[0.5, 0.5\]\] should be \[name, class id"):
+        prepare_dataset(tmp_path / "bad.zip", tmp_path / "c.h5", 8, labels="labels.json", progress=False)
 
 
 def test_top_level_images_in_a_class_folder_layout_are_reported(tmp_path):

@@ -18,20 +18,15 @@ LABEL_FILES = ("dataset.json",)  # found automatically at the root of a folder o
 
 
 # raster formats PIL decodes without external tools; other files in a source are ignored
-IMAGE_EXTENSIONS = {
-    ".jpg",
-    ".jpeg",
-    ".jpe",
-    ".jfif",
-    ".png",
-    ".apng",
-    ".gif",
-    ".bmp",
-    ".dib",
-    ".tif",
-    ".tiff",
-}
-IMAGE_EXTENSIONS |= {".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".qoi"}
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".webp"}
+    | {".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".qoi"}
+)
+
+
+def _hidden(name: str) -> bool:
+    """Dot files and macOS zip debris (``__MACOSX/``, ``._x.jpg``) are not part of a data set."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in PurePosixPath(name).parts)
 
 
 @dataclass
@@ -65,13 +60,14 @@ class Source:
 
 
 def _list_folder(root: Path) -> list[str]:
-    return [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+    names = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    return [n for n in names if not _hidden(n)]
 
 
 def _list_zip(path: Path) -> tuple[list[str], list[tuple[str, str]]]:
     try:
         with zipfile.ZipFile(path) as z:
-            names = [i.filename for i in z.infolist() if not i.is_dir()]
+            names = [i.filename for i in z.infolist() if not i.is_dir() and not _hidden(i.filename)]
     except zipfile.BadZipFile as e:
         raise ValueError(f"{path}: not a readable zip file ({e})") from e
     counts = Counter(names)
@@ -92,6 +88,9 @@ def _read_labels_file(text: str, fmt: str, where: str) -> tuple[dict[str, Any], 
         if isinstance(data, dict) and "labels" in data:  # EDM2 / StyleGAN dataset.json
             data = data["labels"] or []
         pairs = list(data.items()) if isinstance(data, dict) else [tuple(p) for p in data]
+        bad = [p for p in pairs if len(p) != 2 or not isinstance(p[1], int | str) or isinstance(p[1], bool)]
+        if bad:
+            raise ValueError(f"{where}: entry {list(bad[0])} should be [name, class id or class name]")
     elif fmt == ".csv":
         rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
         if rows and rows[0][0].strip().lower() in ("filename", "file", "name", "image", "path"):
@@ -115,12 +114,12 @@ def _read_labels_file(text: str, fmt: str, where: str) -> tuple[dict[str, Any], 
 
 
 def _assign(
-    names: list[str], exts: set[str], labels: str | Path | None, read_text: Any, where: str
+    names: list[str], labels: str | Path | None, read_text: Any, where: str
 ) -> tuple[list[str], list[int] | None, list[str], list[tuple[str, str]]]:
     """Match image names with labels from folders or a labels file; every mismatch is one problem."""
     problems: list[tuple[str, str]] = []
     label_files = [n for n in names if n in LABEL_FILES]
-    images = sorted(n for n in names if PurePosixPath(n).suffix.lower() in exts)
+    images = sorted(n for n in names if PurePosixPath(n).suffix.lower() in IMAGE_EXTENSIONS)
     if not images:
         raise ValueError(f"{where}: no image files found (extensions such as .jpg, .png)")
     if labels is None and label_files:
@@ -166,7 +165,6 @@ def open_source(source: str | os.PathLike, labels: str | os.PathLike | None = No
 
         return fashion_mnist_source(text.partition(":")[2] or None)
     path = Path(source)
-    exts = IMAGE_EXTENSIONS
     if path.is_dir():
         names = _list_folder(path)
         zip_problems: list[tuple[str, str]] = []
@@ -192,5 +190,5 @@ def open_source(source: str | os.PathLike, labels: str | os.PathLike | None = No
         raise ValueError(f"{path}: source must be a folder, a .zip or 'fashion-mnist[:DIR]'")
     else:
         raise FileNotFoundError(f"{path}: no such folder or zip file")
-    images, class_ids, class_names, problems = _assign(names, exts, labels, read_text, str(path))
+    images, class_ids, class_names, problems = _assign(names, labels, read_text, str(path))
     return Source(str(path), images, class_ids, class_names, sorted(zip_problems + problems), root=path)
