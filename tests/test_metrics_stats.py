@@ -151,6 +151,8 @@ def test_batch_iterators_score_like_the_file_and_identical_sets_score_zero(tmp_p
     reference_stats(h5, refs, det, progress=False)
     same = score_samples(iter([imgs[:5], imgs[5:]]), refs, det, progress=False)
     assert same["num_blocks"] == 1 and abs(same["fid_min"]) < 1e-6
+    whole = score_samples(imgs, refs, det, batch_size=5, progress=False)  # one array = one block
+    assert whole["blocks"][0]["n"] == 12 and abs(whole["fid_min"]) < 1e-6
     blocks = score_samples([[imgs[:6]], iter([imgs[6:]])], refs, det, progress=False)
     by_file = score_samples(
         [write_h5(tmp_path / "a.h5", imgs[:6]), write_h5(tmp_path / "b.h5", imgs[6:])], refs, det

@@ -183,6 +183,9 @@ def _blocks(
         return out
     if seed_blocks is not None:
         raise ValueError("seed_blocks applies to HDF5 files; pass batch iterators as a list, one per block")
+    if _is_batch(samples):  # all images in one array: one block, read in batches
+        batches = (samples[i : i + batch_size] for i in range(0, len(samples), batch_size))
+        return [({"source": "array"}, batches, len(samples))]
     if isinstance(samples, Sequence) and samples and not _is_batch(samples[0]):
         return [({"source": "batches"}, block, None) for block in samples]
     return [({"source": "batches"}, samples, None)]
