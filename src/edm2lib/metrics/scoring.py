@@ -264,8 +264,9 @@ def score_samples(
     """FID / FD-DINOv2 of generated images against reference statistics, per seed block, with min and mean.
 
     `samples`: a samples HDF5 (`images` uint8 [N,H,W,3], optional `seeds`) split into `seed_blocks` equal
-    contiguous blocks (default 1), a list of such files (one block each), an iterable of uint8 batches
-    (one block), or a list of such iterables (one block each). `ref_stats` maps detector name -> .npz.
+    contiguous blocks (default 1), a list of such files (one block each), one uint8 array of all images or
+    an iterable of uint8 batches (one block), or a list of such iterables (one block each).
+    `ref_stats` maps detector name -> .npz.
     The paper reports the minimum over three blocks of 50k (EDM2-FACTS 9).
     Returns {'blocks': [{source, n, seeds?, fid, fd_dinov2}], 'fid_min', 'fid_mean', ..., 'detectors', ...}.
     """
