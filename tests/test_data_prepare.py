@@ -221,6 +221,19 @@ def test_zip_with_duplicate_entries_skips_them_with_a_message(tmp_path):
     assert s["count"] == 1 and "duplicate name: stored 2 times" in _report(s)["a.jpg"]
 
 
+def test_corrupt_zip_member_is_reported_and_the_rest_converted(tmp_path):
+    noise = Image.fromarray(RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    with zipfile.ZipFile(tmp_path / "c.zip", "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a.png", _png(noise))
+        z.writestr("b.png", _png(noise))
+    data = bytearray((tmp_path / "c.zip").read_bytes())
+    at = data.find(b"b.png") + 100
+    data[at : at + 40] = bytes(40)  # damage b.png's compressed bytes
+    (tmp_path / "c.zip").write_bytes(bytes(data))
+    s = prepare_dataset(tmp_path / "c.zip", tmp_path / "out.h5", 8, workers=1, progress=False)
+    assert s["count"] == 1 and _report(s)["b.png"].startswith("cannot read: ")
+
+
 def test_empty_folder_and_missing_source_raise_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no image files found"):

@@ -7,6 +7,8 @@ import multiprocessing as mp
 import os
 import sys
 import time
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +51,8 @@ def _results(source: Source, resolution: int, transform: str, workers: int):
         for i in task:
             try:
                 out.append(source.read(i))
-            except OSError as e:
-                out.append(f"cannot read: {e}")
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
+                out.append(f"cannot read: {type(e).__name__}: {e}")  # e.g. a corrupt zip member
         return out
 
     if workers <= 1:
