@@ -91,8 +91,9 @@ def prepare_dataset(
 ) -> dict[str, Any]:
     """Convert `source` (folder, .zip or ``fashion-mnist[:DIR]``, see `open_source`) into `out_h5`.
 
-    ``on_error="skip"`` drops undecodable or unlabelled files and lists them with reasons in
-    ``<out_h5>.skipped.tsv``; ``"fail"`` raises ValueError at the first one. `max_images` keeps the first
+    ``on_error="skip"`` drops undecodable or unlabelled files and lists them, and label entries without an
+    image, with reasons in ``<out_h5>.skipped.tsv`` (its line count is `skipped`); ``"fail"`` raises
+    ValueError at the first one. `max_images` keeps the first
     N names in sorted order. `compression` ("gzip", "lzf" or None) trades size for read speed. The same
     input gives a byte-identical file. Returns a summary dict (count, skipped, report, images_per_s, ...).
     """
