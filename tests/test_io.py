@@ -53,3 +53,16 @@ def test_read_meta_names_bad_files(tmp_path):
     junk.write_bytes(b"\x00" * 3)
     with pytest.raises(ValueError, match=r"junk\.safetensors"):
         io.read_meta(junk)
+
+
+def test_atomic_outputs_get_the_umask_mode_not_the_tempfile_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with io.atomic_path(tmp_path / "f.bin") as tmp:
+            tmp.write_bytes(b"x")
+        with io.atomic_dir(tmp_path / "d"):
+            pass
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

@@ -28,6 +28,13 @@ def fsync_dir(path: str | os.PathLike) -> None:
             os.close(fd)
 
 
+def _default_mode(directory: bool = False) -> int:
+    """The mode a plain open()/mkdir() would give under the current umask (mkstemp/mkdtemp use 0600/0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def _fsync_file(path: str | os.PathLike) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
@@ -47,6 +54,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_file(tmp)
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
@@ -68,6 +76,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             if f.is_file():
                 _fsync_file(f)
         fsync_dir(tmp)
+        os.chmod(tmp, _default_mode(directory=True))
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
