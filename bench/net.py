@@ -1,0 +1,173 @@
+"""Training-step throughput of the EDM2 network: forward+backward images/s and peak memory, eager vs compiled.
+
+    PYTHONPATH=src python bench/net.py --preset edm2-tiny --batch 8 --iters 5
+    PYTHONPATH=src python bench/net.py --preset edm2-img512-xs --device cuda --batch 64 --dtypes bf16,fp16
+
+One step = `edm2_loss(...).sum() / batch` then backward, in train mode (forced weight normalisation
+included). Prints a table and writes JSON to bench/out/net-<preset>-<device>.json. On CUDA it also reports
+model FLOP utilisation against --peak-tflops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from edm2lib.loss import edm2_loss
+from edm2lib.networks import Precond
+from edm2lib.presets import get_preset
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def make_batch(network: dict, batch: int, device: torch.device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    res, ch, label_dim = network["img_resolution"], network["img_channels"], network["label_dim"]
+    x = (torch.randn(batch, ch, res, res, generator=g) * 0.5).to(device)
+    labels = None
+    if label_dim:
+        labels = torch.eye(label_dim)[torch.randint(label_dim, (batch,), generator=g)].to(device)
+    return x, labels
+
+
+def train_flops_per_image(network: dict, device: torch.device) -> float:
+    """Matmul/conv FLOPs (2 per multiply-add) of one forward+backward, per image, counted at batch 2."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = Precond(**network).to(device).train()
+    x, labels = make_batch(network, 2, device)
+    with FlopCounterMode(display=False) as counter:
+        edm2_loss(net, x, labels).sum().backward()
+    return counter.get_total_flops() / 2
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(network: dict, mode: str, dtype: str, device: torch.device, batch: int, iters: int, warmup: int):
+    torch.manual_seed(0)
+    net = Precond(**network, compute_dtype=DTYPES[dtype]).to(device).train()
+    step_net = torch.compile(net) if mode == "compile" else net
+    x, labels = make_batch(network, batch, device)
+
+    def step(seed: int) -> float:
+        net.zero_grad(set_to_none=True)
+        loss = edm2_loss(step_net, x, labels, generator=torch.Generator(device).manual_seed(seed))
+        (loss.sum() / batch).backward()
+        return loss.detach().mean().item()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    first_loss = step(0)  # includes compilation when compiled
+    for i in range(1, warmup):
+        step(i)
+    sync(device)
+    t_warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(iters):
+        step(warmup + i)
+    sync(device)
+    elapsed = time.perf_counter() - t0
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:  # process-wide high-water mark (cumulative over the run's configurations)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "mode": mode,
+        "dtype": dtype,
+        "images_per_s": batch * iters / elapsed,
+        "step_ms": 1000 * elapsed / iters,
+        "warmup_s": t_warm,
+        "peak_mib": peak,
+        "first_loss": first_loss,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="edm2-tiny", help="edm2lib.presets name")
+    parser.add_argument("--config", default=None, help="JSON Precond keywords instead of a preset")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps (the first one compiles)")
+    parser.add_argument("--modes", default="eager,compile")
+    parser.add_argument(
+        "--dtypes", default=None, help="comma list of fp32,bf16,fp16 (default: fp32 on CPU, bf16 on CUDA)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=989.0, help="dense bf16/fp16 peak for MFU (H100/H200)"
+    )
+    parser.add_argument("--out", default=None, help="JSON path (default bench/out/net-<name>-<device>.json)")
+    args = parser.parse_args(argv)
+
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    network = json.loads(args.config) if args.config else get_preset(args.preset).network
+    name = "config" if args.config else args.preset
+    dtypes = (args.dtypes or ("bf16" if device.type == "cuda" else "fp32")).split(",")
+    flops = train_flops_per_image(network, device)
+
+    rows = []
+    for dtype in dtypes:
+        for mode in args.modes.split(","):
+            row = run(network, mode, dtype, device, args.batch, args.iters, args.warmup)
+            row["train_gflop_per_image"] = flops / 1e9
+            if device.type == "cuda":
+                row["mfu"] = row["images_per_s"] * flops / (args.peak_tflops * 1e12)
+            rows.append(row)
+            print(f"done: {mode} {dtype} {row['images_per_s']:.2f} img/s", file=sys.stderr, flush=True)
+    for dtype in dtypes:  # speed-up of compiled over eager, measured in this run
+        eager = next((r for r in rows if r["dtype"] == dtype and r["mode"] == "eager"), None)
+        for r in rows:
+            if eager and r["dtype"] == dtype:
+                r["speedup_vs_eager"] = r["images_per_s"] / eager["images_per_s"]
+
+    print(f"{name} on {device} ({torch.get_num_threads()} thr), batch {args.batch}, {args.iters} steps timed")
+    print(f"train GFLOP/image {flops / 1e9:.3f}")
+    header = (
+        f"{'mode':8} {'dtype':5} {'img/s':>9} {'ms/step':>9} {'x eager':>8} {'peak MiB':>9} {'warm s':>7}"
+    )
+    print(header + ("  MFU" if device.type == "cuda" else ""))
+    for r in rows:
+        line = (
+            f"{r['mode']:8} {r['dtype']:5} {r['images_per_s']:9.1f} {r['step_ms']:9.1f} "
+            f"{r.get('speedup_vs_eager', float('nan')):8.2f} {r['peak_mib']:9.0f} {r['warmup_s']:7.1f}"
+        )
+        print(line + (f"  {r['mfu']:.1%}" if "mfu" in r else ""))
+
+    out = Path(args.out or Path(__file__).parent / "out" / f"net-{name}-{device.type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "name": name,
+        "network": network,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "batch": args.batch,
+        "iters": args.iters,
+        "rows": rows,
+    }
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
