@@ -15,7 +15,7 @@ from edm2lib.training.config import TrainConfig
 from edm2lib.training.data_sampler import ShardedSampler, make_generator
 from edm2lib.training.loss import draw_noise, edm2_loss_on
 from edm2lib.training.schedule import learning_rate
-from training_fixtures import TINY_NET, tiny_config
+from training_fixtures import TINY_NET, tiny_config, write_latents
 
 torch.set_num_threads(1)
 
@@ -218,3 +218,19 @@ def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
     good.write_text(json.dumps(tiny_config(tmp_path, duration=16)))
     assert cli.main(["--config", str(good), "--set", "data=/nonexistent.h5"]) == 1
     assert capsys.readouterr().err.startswith("error: /nonexistent.h5: no such data set")
+
+
+def test_latent_data_draws_a_fresh_sample_per_example_and_trains(tmp_path):
+    data = write_latents(tmp_path / "latents.h5")
+    trainer = loop.Trainer(TrainConfig.from_dict(tiny_config(tmp_path, data=str(data), duration=16)))
+    x, y = trainer._examples(range(20, 24))
+    x_tail, y_tail = trainer._examples(range(21, 24))
+    assert x.shape == (4, 4, 8, 8) and y.shape == (4, 3)
+    assert torch.equal(x[1:], x_tail) and torch.equal(y[1:], y_tail)  # per-example seeds: split-invariant
+    index = trainer.sampler.positions(20, 1)[0]
+    mean = torch.from_numpy(trainer.dataset._read("mean", [index]))
+    assert not torch.equal(
+        x[:1], trainer.dataset.codec.encode_batch(torch.cat([mean, 0 * mean], 1))
+    )  # sampled
+    summary = trainer.run()
+    assert summary["nimg"] == 16 and math.isfinite(summary["last_status"]["loss"])

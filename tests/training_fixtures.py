@@ -12,7 +12,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from edm2lib.data.dataset import IMAGES_FORMAT
+from edm2lib.data.codecs import sd_vae_description
+from edm2lib.data.dataset import IMAGES_FORMAT, LATENTS_FORMAT
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_NET = dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])
@@ -76,3 +77,16 @@ def launch(cfg: dict, tmp: Path, rank: int = 0, world: int = 1, port: int = 0, s
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     cmd = [sys.executable, "-m", "edm2lib.training", "--config", str(config)]
     return subprocess.Popen(cmd, env=env, cwd=tmp, **popen)
+
+
+def write_latents(path: Path, n: int = 16, resolution: int = 8, classes: int = 3, seed: int = 0) -> Path:
+    """A latents.h5 in the documented layout: mean/std float32 [N,4,h,w] + labels, SD-VAE encoder."""
+    rng = np.random.default_rng(seed)
+    shape = (n, 4, resolution, resolution)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("mean", data=rng.normal(size=shape).astype(np.float32))
+        f.create_dataset("std", data=rng.uniform(0.05, 0.2, size=shape).astype(np.float32))
+        f.create_dataset("labels", data=rng.integers(0, classes, n).astype(np.int64))
+        f.attrs["format"] = LATENTS_FORMAT
+        f.attrs["encoder"] = json.dumps(sd_vae_description())
+    return path

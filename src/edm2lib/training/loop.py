@@ -232,11 +232,10 @@ class Trainer:
         if not isinstance(self.dataset, LatentDataset):
             return self.dataset.get_batch(indices)
         # a fresh latent sample per example and use (EDM2-FACTS 6.6), seeded by its stream position
-        parts = [
-            self.dataset.get_batch([i], make_generator("cpu", "latent", self.cfg.seed, q))
-            for i, q in zip(indices, positions)
-        ]
-        return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+        raw, codec = self.dataset.raw(indices), self.dataset.codec
+        x = [codec.encode_batch(raw[i : i + 1], make_generator("cpu", "latent", self.cfg.seed, q))
+             for i, q in enumerate(positions)]  # fmt: skip
+        return torch.cat(x), self.dataset.labels(indices)
 
     def step(self) -> torch.Tensor:
         """One optimizer step over the global batch at `self.nimg`; returns the summed per-element loss."""
@@ -250,9 +249,9 @@ class Trainer:
             start = self.sampler.micro_batch_start(self.nimg, r)
             positions = range(start, start + self.batch_gpu)
             images, labels = self._examples(positions)
-            sigma, noise = draw_noise(positions, tuple(images.shape[1:]), cfg.P_mean, cfg.P_std, cfg.seed)
+            shape = tuple(images.shape[1:])
+            sigma, noise = draw_noise(positions, shape, cfg.P_mean, cfg.P_std, cfg.seed, self.device)
             images, labels = images.to(self.device), labels.to(self.device)
-            sigma, noise = sigma.to(self.device), noise.to(self.device)
             torch.manual_seed(derive_seed("dropout", cfg.seed, start))  # dropout draws from the global RNG
             for m in self.mpconvs:  # forced weight normalisation (EDM2 sec. 2.3) once per step, in round 0,
                 m.train(r == 0)  # so that accumulation rounds see the same weights as the other ranks

@@ -3,7 +3,7 @@
 `edm2lib.loss.edm2_loss` draws the noise of a whole micro-batch from one generator, which ties the draws to
 the micro-batch size. Here example q of the training stream (its position, see `data_sampler`) gets its own
 generator seeded from (seed, q) and draws, in the official order, its noise level then its noise
-(EDM2-FACTS 6.1). The draws are made on the CPU, so CPU and GPU runs see the same noise as well.
+(EDM2-FACTS 6.1), on the device that trains (per-example generators cost one small kernel per draw).
 """
 
 from __future__ import annotations
@@ -14,16 +14,21 @@ from edm2lib.training.data_sampler import make_generator
 
 
 def draw_noise(
-    positions: range, shape: tuple[int, ...], P_mean: float, P_std: float, seed: int
+    positions: range,
+    shape: tuple[int, ...],
+    P_mean: float,
+    P_std: float,
+    seed: int,
+    device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sigma [B,1,1,1], noise [B,*shape]) on the CPU, one seeded generator per stream position."""
-    sigma = torch.empty(len(positions), 1, 1, 1)
-    noise = torch.empty(len(positions), *shape)
+    """(sigma [B,1,1,1], noise [B,*shape]) on `device`, one seeded generator per stream position."""
+    sigma = torch.empty(len(positions), 1, 1, 1, device=device)
+    noise = torch.empty(len(positions), *shape, device=device)
     for i, q in enumerate(positions):
-        g = make_generator("cpu", "noise", seed, q)
-        sigma[i] = (torch.randn([1, 1, 1], generator=g) * P_std + P_mean).exp()  # EDM2-FACTS 6.1: log-normal
-        noise[i] = torch.randn(shape, generator=g)
-    return sigma, noise
+        g = make_generator(device, "noise", seed, q)
+        torch.randn([1, 1, 1], generator=g, out=sigma[i])
+        torch.randn(shape, generator=g, out=noise[i])
+    return (sigma * P_std + P_mean).exp(), noise  # ln(sigma) ~ N(P_mean, P_std^2) (EDM2-FACTS 6.1)
 
 
 def edm2_loss_on(
