@@ -171,3 +171,15 @@ def test_reduced_precision_paths_run_on_cpu_close_to_float32(ref_net, tiny_refer
 def test_unknown_compute_dtype_is_refused():
     with pytest.raises(ValueError, match="compute_dtype 'float8'"):
         Precond(8, 3, 0, model_channels=16, channel_mult=[1], compute_dtype="float8")
+
+
+def test_missing_labels_mean_a_zero_label_and_unconditional_nets_ignore_labels(ref_net, tiny_reference):
+    x, sigma = tiny_reference["x"], tiny_reference["sigma"]
+    ref_net.eval()
+    with torch.no_grad():
+        assert torch.equal(ref_net(x, sigma), ref_net(x, sigma, torch.zeros(4, 10)))
+        uncond = Precond(16, 3, 0, model_channels=16, channel_mult=[1, 2], num_blocks=1).eval()
+        assert "unet.emb_label.weight" not in uncond.state_dict()
+        assert torch.equal(uncond(x, sigma), uncond(x, sigma, torch.eye(10)[:4]))
+        D = ref_net(x, 0.5)  # a scalar sigma broadcasts over the batch
+    assert D.shape == x.shape
