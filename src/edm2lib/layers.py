@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-_SILU_STD = 0.596  # std of silu(x) for x ~ N(0, 1): dividing by it restores unit magnitude (EDM2 sec. 2.4)
+_SILU_RMS = 0.596  # RMS of silu(x), x ~ N(0, 1): dividing by it restores unit magnitude (EDM2 config G)
 
 
 def normalize(x: torch.Tensor, dim: int | Sequence[int] | None = None, eps: float = 1e-4) -> torch.Tensor:
@@ -25,17 +25,17 @@ def normalize(x: torch.Tensor, dim: int | Sequence[int] | None = None, eps: floa
 
 
 def mp_silu(x: torch.Tensor) -> torch.Tensor:
-    """Magnitude-preserving SiLU (EDM2 sec. 2.4, EDM2-FACTS 4.1)."""
-    return F.silu(x) / _SILU_STD
+    """Magnitude-preserving SiLU (EDM2 config G, EDM2-FACTS 4.1)."""
+    return F.silu(x) / _SILU_RMS
 
 
 def mp_sum(a: torch.Tensor, b: torch.Tensor, t: float = 0.5) -> torch.Tensor:
-    """Magnitude-preserving weighted sum ((1-t) a + t b) / sqrt((1-t)^2 + t^2) (EDM2 sec. 2.4)."""
+    """Magnitude-preserving weighted sum ((1-t) a + t b) / sqrt((1-t)^2 + t^2) (EDM2 config G)."""
     return a.lerp(b, t) / math.sqrt((1 - t) ** 2 + t**2)
 
 
 def mp_cat(a: torch.Tensor, b: torch.Tensor, dim: int = 1, t: float = 0.5) -> torch.Tensor:
-    """Magnitude-preserving concatenation along `dim`, `t` balancing b against a (EDM2 sec. 2.4)."""
+    """Magnitude-preserving concatenation along `dim`, `t` balancing b against a (EDM2 config G)."""
     Na, Nb = a.shape[dim], b.shape[dim]
     C = math.sqrt((Na + Nb) / ((1 - t) ** 2 + t**2))
     return torch.cat([a * (C / math.sqrt(Na) * (1 - t)), b * (C / math.sqrt(Nb) * t)], dim=dim)
@@ -64,7 +64,7 @@ def resample(x: torch.Tensor, f: Sequence[float] = (1, 1), mode: str = "keep") -
 
 
 class MPFourier(nn.Module):
-    """Magnitude-preserving Fourier features sqrt(2) cos(2 pi (f x + p)) of a noise level (EDM2 sec. 2.4)."""
+    """Magnitude-preserving Fourier features sqrt(2) cos(2 pi (f x + p)) of a noise level (EDM2 config G)."""
 
     def __init__(self, num_channels: int, bandwidth: float = 1):
         super().__init__()
@@ -78,7 +78,7 @@ class MPFourier(nn.Module):
 
 
 class MPConv(nn.Module):
-    """Bias-free linear ([] kernel) or 2-D convolution, forced weight normalisation (EDM2 sec. 2.2-2.3)."""
+    """Bias-free linear ([] kernel) or 2-D convolution, forced weight normalisation (EDM2 config D-E)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: Sequence[int]):
         super().__init__()
@@ -90,11 +90,11 @@ class MPConv(nn.Module):
     def forward(self, x: torch.Tensor, gain: float | torch.Tensor = 1) -> torch.Tensor:
         w = self.weight.to(torch.float32)
         if self.training:
-            # Forced weight normalisation: the stored weight stays unit-norm (EDM2 sec. 2.3).
+            # Forced weight normalisation: the stored weight stays unit-norm (EDM2 config E).
             with torch.no_grad():
                 self.weight.copy_(normalize(w))
-        w = normalize(w)  # traditional weight normalisation on top, differentiable (EDM2 sec. 2.3)
-        w = (w * (gain / math.sqrt(self.fan_in))).to(x.dtype)  # MP fan-in scaling (EDM2 sec. 2.2)
+        w = normalize(w)  # traditional weight normalisation on top, differentiable (EDM2 config E)
+        w = (w * (gain / math.sqrt(self.fan_in))).to(x.dtype)  # MP fan-in scaling (EDM2 config D)
         if w.ndim == 2:
             return x @ w.t()
         return F.conv2d(x, w, padding=w.shape[-1] // 2)

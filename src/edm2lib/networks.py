@@ -59,7 +59,7 @@ class Block(nn.Module):
         if self.flavor == "enc":
             if self.conv_skip is not None:
                 x = self.conv_skip(x)
-            x = normalize(x, dim=1)  # pixel norm (EDM2 sec. 2.3, config F)
+            x = normalize(x, dim=1)  # pixel norm (EDM2 config F, EDM2-FACTS 4.2 step 2)
 
         # Residual branch (EDM2-FACTS 4.2 steps 3-6).
         y = self.conv_res0(mp_silu(x))
@@ -79,7 +79,7 @@ class Block(nn.Module):
         return x
 
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
-        """Cosine self-attention over pixels (EDM2 sec. 2.3), on the official q/k/v channel layout."""
+        """Cosine self-attention over pixels (EDM2-FACTS 4.2 step 9), on the official q/k/v channel layout."""
         B, C, H, W = x.shape
         heads = self.num_heads
         # attn_qkv channel index = head * 3 * Ch + c * 3 + (0: q, 1: k, 2: v) (EDM2-FACTS 4.2 step 9).

@@ -25,7 +25,7 @@ class Preset:
     warmup: int  # linear lr warm-up length in images (EDM2-FACTS 6.2)
     P_mean: float  # mean of ln(sigma) in training (EDM2-FACTS 6.1)
     P_std: float  # std of ln(sigma) in training (EDM2-FACTS 6.1)
-    sigma_rels: tuple[float, ...] = (0.050, 0.100)  # power-function EMA widths tracked online (EDM2 sec. 3)
+    sigma_rels: tuple[float, ...] = (0.050, 0.100)  # power-function EMA widths tracked online (EDM2-FACTS 3)
     snapshot_nimg: int = 8 * _MI  # EMA snapshot interval in images
     checkpoint_nimg: int = 128 * _MI  # training-state checkpoint interval in images
     status_nimg: int = 128 * _KI  # status line interval in images
