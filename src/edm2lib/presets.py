@@ -20,8 +20,8 @@ class Preset:
     encoder: str  # 'sd-vae' (latent models) or 'pixels'
     batch: int  # images per optimizer step
     duration: int  # training length in images
-    lr_ref: float  # alpha_ref of the inverse-sqrt lr schedule (EDM2 eq. 16)
-    t_ref: int  # images before the lr starts decaying (EDM2 eq. 16)
+    lr_ref: float  # alpha_ref of the inverse-sqrt lr schedule (EDM2-FACTS 6.2)
+    t_ref: int  # images before the lr starts decaying (EDM2-FACTS 6.2)
     warmup: int  # linear lr warm-up length in images (EDM2-FACTS 6.2)
     P_mean: float  # mean of ln(sigma) in training (EDM2-FACTS 6.1)
     P_std: float  # std of ln(sigma) in training (EDM2-FACTS 6.1)
