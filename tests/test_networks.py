@@ -168,9 +168,11 @@ def test_reduced_precision_paths_run_on_cpu_close_to_float32(ref_net, tiny_refer
     assert 0 < rel_err(Dbf, D32) < 0.05
 
 
-def test_unknown_compute_dtype_is_refused():
+def test_unknown_compute_dtype_and_keywords_are_refused_by_name():
     with pytest.raises(ValueError, match="compute_dtype 'float8'"):
         Precond(8, 3, 0, model_channels=16, channel_mult=[1], compute_dtype="float8")
+    with pytest.raises(ValueError, match=r"unknown network keyword\(s\) \['dropuot'\]"):
+        Precond(8, 3, 0, model_channels=16, channel_mult=[1], dropuot=0.1)
 
 
 def test_missing_labels_mean_a_zero_label_and_unconditional_nets_ignore_labels(ref_net, tiny_reference):

@@ -105,7 +105,7 @@ def check_tensors(tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> N
     try:
         with torch.device("meta"):
             expected = {k: tuple(v.shape) for k, v in Precond(**config).state_dict().items()}
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ValueError(f"recorded Precond config {config} is not buildable: {e}") from e
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from edm2lib.layers import MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize, resample
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_BLOCK_KWARGS = {"resample_filter", "channels_per_head", "dropout", "res_balance", "attn_balance", "clip_act"}
 
 
 class Block(nn.Module):
@@ -110,6 +111,13 @@ class UNet(nn.Module):
         **block_kwargs: Any,  # Block keywords: dropout, channels_per_head, res_balance, ...
     ):
         super().__init__()
+        unknown = sorted(set(block_kwargs) - _BLOCK_KWARGS)
+        if unknown:
+            raise ValueError(
+                f"unknown network keyword(s) {unknown}; UNet takes model_channels, channel_mult, "
+                f"channel_mult_noise, channel_mult_emb, num_blocks, attn_resolutions, label_balance, "
+                f"concat_balance and the Block keywords {sorted(_BLOCK_KWARGS)}"
+            )
         cblock = [model_channels * m for m in channel_mult]
         cnoise = model_channels * channel_mult_noise if channel_mult_noise is not None else cblock[0]
         cemb = model_channels * channel_mult_emb if channel_mult_emb is not None else max(cblock)
