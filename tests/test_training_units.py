@@ -190,6 +190,10 @@ def test_old_checkpoints_are_pruned_to_keep_the_newest(tmp_path):
     assert [n for n, _ in checkpoint.list_checkpoints(tmp_path / "run")] == [32, 40]
     again = loop.train(tiny_config(tmp_path, duration=40))  # finished runs stay finished
     assert again["nimg"] == 40
+    with pytest.raises(
+        ValueError, match="ckpt-000000000040: checkpoint has seed=0, config has 1; use a new run_dir"
+    ):
+        loop.train(tiny_config(tmp_path, duration=48, seed=1))
 
 
 def test_per_example_draws_give_the_shared_edm2_loss():

@@ -11,17 +11,15 @@ import contextlib
 import json
 import math
 import os
-import resource
-import sys
 import time
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from edm2lib import io
 from edm2lib.data.dataset import LatentDataset, open_dataset
 from edm2lib.ema import PowerFunctionEMA
 from edm2lib.layers import MPConv
@@ -31,6 +29,7 @@ from edm2lib.training.config import TrainConfig
 from edm2lib.training.data_sampler import ShardedSampler, derive_seed, make_generator
 from edm2lib.training.loss import draw_noise, edm2_loss_on
 from edm2lib.training.schedule import learning_rate
+from edm2lib.training.status import RunLog, peak_memory_gib, progress_bar
 
 
 @torch.no_grad()
@@ -42,41 +41,6 @@ def zero_nonfinite_grads(params: list[torch.nn.Parameter]) -> torch.Tensor:
             count += (~torch.isfinite(p.grad)).sum()
             torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
     return count
-
-
-def peak_memory_gib(device: torch.device) -> float:
-    """Peak allocated GPU memory, or the process's peak resident set size on the CPU, in GiB."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
-
-
-class _Log:
-    """Rank 0 appends readable lines to log.txt (and stdout) and status records to stats.jsonl."""
-
-    def __init__(self, run_dir: Path, enabled: bool):
-        self.enabled = enabled
-        self.text = run_dir / "log.txt"
-        self.stats = run_dir / "stats.jsonl"
-
-    def __call__(self, message: str) -> None:
-        if self.enabled:
-            line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
-            print(line, flush=True)
-            with open(self.text, "a") as f:
-                f.write(line + "\n")
-
-    def record(self, stats: dict[str, Any]) -> None:
-        if self.enabled:
-            with open(self.stats, "a") as f:
-                f.write(json.dumps(stats, sort_keys=True) + "\n")
-
-    def truncate_stats(self, nimg: int) -> None:
-        """Drop status records beyond `nimg` (written by a run that died after its last checkpoint)."""
-        if self.enabled and self.stats.is_file():
-            lines = [ln for ln in self.stats.read_text().splitlines() if json.loads(ln)["nimg"] <= nimg]
-            with io.atomic_path(self.stats) as tmp:
-                tmp.write_text("".join(ln + "\n" for ln in lines))
 
 
 class Trainer:
@@ -93,7 +57,8 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.log = _Log(self.run_dir, self.dist.is_main)
+        self.log = RunLog(self.run_dir, self.dist.is_main)
+        self._was_deterministic = torch.are_deterministic_algorithms_enabled()  # restored by run()
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
@@ -110,6 +75,8 @@ class Trainer:
         self.sampler = ShardedSampler(
             len(self.dataset), cfg.seed, self.dist.rank, self.dist.world_size, self.batch_gpu
         )
+        self.loader = ThreadPoolExecutor(2, thread_name_prefix="edm2-data")  # reads overlap the step
+        self.ahead: dict[int, Future] = {}  # micro-batch start -> its examples, being read
         self.nimg = 0
         self.t_start = time.monotonic()
         self.elapsed_before = 0.0  # seconds spent in earlier sessions of this run
@@ -169,7 +136,11 @@ class Trainer:
                     f"{path}: checkpoint has {key}={saved[key]!r}, config has {now[key]!r}; "
                     f"use a new run_dir or the original value"
                 )
-        if state["network"] != json.loads(json.dumps(self.net_kwargs)):
+        precision = ("use_fp16", "compute_dtype")  # may change between sessions (e.g. resume on a CPU)
+        saved_net, net = (
+            {k: v for k, v in d.items() if k not in precision} for d in (state["network"], self.net_kwargs)
+        )
+        if saved_net != json.loads(json.dumps(net)):
             raise ValueError(f"{path}: checkpoint network {state['network']} differs from {self.net_kwargs}")
 
     def _rng_states(self) -> dict[str, torch.Tensor]:
@@ -237,6 +208,18 @@ class Trainer:
              for i, q in enumerate(positions)]  # fmt: skip
         return torch.cat(x), self.dataset.labels(indices)
 
+    def _fetch(self, start: int, keep: bool = False) -> Future:
+        """The examples of the micro-batch starting at stream position `start`, read by a loader thread.
+
+        The result is a pure function of `start`, so reading ahead never changes what training sees.
+        """
+        future = self.ahead.get(start) if keep else self.ahead.pop(start, None)
+        if future is None:
+            future = self.loader.submit(self._examples, range(start, start + self.batch_gpu))
+            if keep:
+                self.ahead[start] = future
+        return future
+
     def step(self) -> torch.Tensor:
         """One optimizer step over the global batch at `self.nimg`; returns the summed per-element loss."""
         cfg = self.cfg
@@ -245,10 +228,13 @@ class Trainer:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros([], dtype=torch.float64, device=self.device)
-        for r in range(self.rounds):
-            start = self.sampler.micro_batch_start(self.nimg, r)
+        starts = [self.sampler.micro_batch_start(self.nimg, r) for r in range(self.rounds)]
+        batches = [self._fetch(start) for start in starts]
+        for r in range(self.rounds):  # read the next step's examples while this one computes
+            self._fetch(self.sampler.micro_batch_start(self.nimg + cfg.batch, r), keep=True)
+        for r, start in enumerate(starts):
             positions = range(start, start + self.batch_gpu)
-            images, labels = self._examples(positions)
+            images, labels = batches[r].result()
             shape = tuple(images.shape[1:])
             sigma, noise = draw_noise(positions, shape, cfg.P_mean, cfg.P_std, cfg.seed, self.device)
             images, labels = images.to(self.device), labels.to(self.device)
@@ -280,7 +266,7 @@ class Trainer:
         last_ckpt_time = time.monotonic()
         window = {"loss": torch.zeros([], dtype=torch.float64, device=self.device), "t": time.monotonic()}
         window.update(nimg=self.nimg, steps=0)
-        bar = _progress(self.dist.is_main, cfg.duration, self.nimg)
+        bar = progress_bar(self.dist.is_main, cfg.duration, self.nimg)
         status: dict[str, Any] = {}
         exit_code, reason = 0, "done"
         try:
@@ -310,7 +296,9 @@ class Trainer:
                         preempt.maybe_requeue(cfg.requeue, self.log)
                     break
         finally:
+            self.loader.shutdown(wait=False, cancel_futures=True)
             flag.restore()
+            torch.use_deterministic_algorithms(self._was_deterministic)
             if bar is not None:
                 bar.close()
         return {
@@ -369,15 +357,6 @@ class Trainer:
             source=f"edm2lib training run {self.run_dir.name}",
         )
         self.log(f"snapshots {', '.join(p.name for p in paths)}")
-
-
-def _progress(enabled: bool, total: int, initial: int) -> Any:
-    """A tqdm bar in images on rank 0 when stderr is a terminal, else None."""
-    if not (enabled and sys.stderr.isatty()):
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="img", unit_scale=True, dynamic_ncols=True)
 
 
 def train(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 from collections.abc import Callable
 
 EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: checkpoint written, rerun to resume
@@ -20,15 +21,19 @@ SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
 class PreemptionFlag:
-    """Installs handlers for SIGUSR1/SIGTERM that record the signal; `restore()` puts the old ones back."""
+    """Installs handlers for SIGUSR1/SIGTERM that record the signal; `restore()` puts the old ones back.
+
+    Handlers can only be installed from the main thread; elsewhere the flag stays down.
+    """
 
     def __init__(self, nimg_now: Callable[[], int] = lambda: -1):
         self.signum: int | None = None
         self.signal_nimg: int | None = None  # training time when the first signal arrived
         self._nimg_now = nimg_now
         self._previous = {}
-        for sig in SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
+        if threading.current_thread() is threading.main_thread():  # Python delivers signals there only
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.signum is None:
