@@ -19,16 +19,17 @@ BATCH, STEPS, EVERY = 4, 1600, 100  # 16 snapshot times x 2 tracked profiles
 
 
 class _Toy(torch.nn.Module):
-    """Two-layer MLP with a float buffer (running output mean) and an integer buffer (steps seen)."""
+    """Two-layer MLP with a scalar gain, a float buffer (running output mean) and an int buffer (steps)."""
 
     def __init__(self):
         super().__init__()
         self.lin1, self.lin2 = torch.nn.Linear(16, 32), torch.nn.Linear(32, 4)
+        self.gain = torch.nn.Parameter(torch.ones(()))  # 0-d parameter, like EDM2's out_gain
         self.register_buffer("running_mean", torch.zeros(4))
         self.register_buffer("seen", torch.zeros((), dtype=torch.int64))
 
     def forward(self, x):
-        y = self.lin2(torch.tanh(self.lin1(x)))
+        y = self.lin2(torch.tanh(self.lin1(x))) * self.gain
         with torch.no_grad():
             self.running_mean.lerp_(y.mean(0), 0.1)
             self.seen += 1
@@ -83,9 +84,9 @@ def test_reconstruction_matches_online_emas_for_the_whole_grid(trained, tmp_path
         # reconstructable to a profile error of 7.8%, which shows as ~1.3e-3 in the weights.
         limit = 2e-3 if (t, s) == (times[0], 0.20) else 1e-3
         assert rel <= limit, f"sigma_rel {s} at {t}: relative error {rel:.2e}"
-        # the test has teeth: the EMAs being matched differ from each other by far more than 1e-3
+        # the test has teeth: the EMAs being matched differ from each other by several times 1e-3
         spread = (_flat(want, names) - _flat(online[t][0.05], names)).norm() / _flat(want, names).norm()
-        assert s == 0.05 or spread > 0.01
+        assert s == 0.05 or spread > 5e-3
         snapshot = load_file(snap_dir / f"snapshot-{t:012d}-0.100.safetensors")
         for buf in ("running_mean", "seen"):
             assert torch.equal(got[buf], snapshot[buf])  # buffers come from the last input used
@@ -165,8 +166,8 @@ def test_a_crash_mid_reconstruction_leaves_no_output(trained, tmp_path, monkeypa
             raise RuntimeError("disk full")
         return real(*args)
 
-    real = rec._average_chunk
-    monkeypatch.setattr(rec, "_average_chunk", failing)
+    real = rec._Mixer.mix
+    monkeypatch.setattr(rec._Mixer, "mix", failing)
     with pytest.raises(RuntimeError, match="disk full"):
         rec.reconstruct(snap_dir, [0.07, 0.12], out_dir=tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -177,13 +178,13 @@ def test_a_kill_mid_reconstruction_leaves_nothing_that_looks_complete(trained, t
     script = textwrap.dedent(f"""
         import os, signal
         from edm2lib import reconstruct as rec
-        real, calls = rec._average_chunk, []
+        real, calls = rec._Mixer.mix, []
         def killer(*args):
             calls.append(1)
             if len(calls) == 3:
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(*args)
-        rec._average_chunk = killer
+        rec._Mixer.mix = killer
         rec.reconstruct({str(snap_dir)!r}, [0.07, 0.12], out_dir={str(tmp_path)!r}, progress=False)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)

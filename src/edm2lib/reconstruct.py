@@ -15,7 +15,9 @@ import itertools
 import json
 import math
 import os
+import queue
 import struct
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ _DTYPE_NAMES = {
 }
 _DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
 CHUNK_NUMEL = 1 << 20  # elements per input per read: (snapshots + targets) x 4 MiB of fp32 at most
+MAPPED_BYTES = 256 << 20  # reopen the inputs after reading this much: touched mapped pages count in RSS
 
 
 def output_name(nimg: int, sigma_rel: float) -> str:
@@ -114,16 +117,99 @@ def _header(layout: Iterable[tuple[str, torch.dtype, list[int]]], meta: dict[str
     return struct.pack("<Q", len(raw)) + raw, offset
 
 
-def _write(f, t: torch.Tensor) -> None:
-    f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+class _Inputs:
+    """safe_open handles of the inputs, reopened every MAPPED_BYTES read so that the pages a memory map
+    has touched are released instead of accumulating (as resident file pages) up to the snapshot size."""
+
+    def __init__(self, paths: dict[int, Path]) -> None:
+        self.paths, self.files, self.since_open = paths, {}, 0
+        self._open()
+
+    def _open(self) -> None:
+        self.close()
+        self.files = {i: safe_open(str(p), framework="pt").__enter__() for i, p in self.paths.items()}
+        self.since_open = 0
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.__exit__(None, None, None)
+        self.files = {}
+
+    def account(self, nbytes: int) -> None:
+        self.since_open += nbytes
+        if self.since_open > MAPPED_BYTES:
+            self._open()
 
 
-def _average_chunk(files: list[Any], name: str, rows: slice | None, coeffs: torch.Tensor) -> torch.Tensor:
-    """coeffs^T @ [one chunk of `name` from every file], in fp32: one read per file, [targets, numel]."""
-    parts = [(f.get_tensor(name) if rows is None else f.get_slice(name)[rows]) for f in files]
-    stack = torch.stack([p.reshape(-1).float() for p in parts])
-    del parts
-    return coeffs.T @ stack
+class _Mixer:
+    """coeffs^T @ [one chunk of a tensor from every input] in fp32, in reused buffers (fresh large
+    allocations page-fault on every chunk and cost more than the arithmetic). Results alternate between
+    two buffers, so one can be written to disk while the next is computed."""
+
+    def __init__(self, coeffs: torch.Tensor, chunk_numel: int, dtype: torch.dtype) -> None:
+        self.coeffs_t = coeffs.T.contiguous()  # [targets, inputs]
+        self.dtype, self.numel, self.turn = dtype, 0, 0
+        self._grow(chunk_numel)
+
+    def _grow(self, numel: int) -> None:
+        if numel > self.numel:
+            (k, s), self.numel = self.coeffs_t.shape, numel
+            self.inputs = torch.empty(s * numel)
+            self.out = None if self.dtype == torch.float32 else torch.empty(k * numel)
+            self.results = [torch.empty(k * numel, dtype=self.dtype) for _ in range(2)]
+
+    def mix(self, files: list[Any], name: str, rows: slice | None) -> torch.Tensor:
+        """[targets, numel] values of tensor `name` (rows `rows`, None: whole), reading each file once."""
+        (k, s), result = self.coeffs_t.shape, None
+        for i, f in enumerate(files):
+            part = (f.get_tensor(name) if rows is None else f.get_slice(name)[rows]).reshape(-1)
+            if i == 0:
+                self._grow(n := part.numel())
+                inputs, result = self.inputs[: s * n].view(s, n), self.results[self.turn][: k * n].view(k, n)
+                self.turn ^= 1
+            inputs[i].copy_(part)  # fp16 -> fp32 on the fly
+        if self.out is None:
+            torch.mm(self.coeffs_t, inputs, out=result)  # EDM2-FACTS 7: theta_k = sum_i X_ik theta_i
+        else:
+            result.copy_(torch.mm(self.coeffs_t, inputs, out=self.out[: k * n].view(k, n)))
+        return result
+
+
+class _Writer:
+    """Appends chunks to the output files on a background thread, so disk writes overlap the next chunk's
+    reads and arithmetic. `put` waits for the previous chunk first: one chunk in flight, one computing."""
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+        self.queue: queue.Queue = queue.Queue(maxsize=1)
+        self.thread = threading.Thread(target=self._run, name="phema-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            try:
+                if self.error is None:
+                    for f, value in item:
+                        f.write(value.contiguous().reshape(-1).view(torch.uint8).numpy())
+            except BaseException as e:  # re-raised on the caller's thread
+                self.error = e
+            finally:
+                self.queue.task_done()
+
+    def put(self, pairs: Iterable[tuple[Any, torch.Tensor]]) -> None:
+        """Queue (file, tensor) writes once the previous chunk is written (its buffer is then reusable)."""
+        self.queue.join()
+        if self.error is not None:
+            raise self.error
+        self.queue.put(list(pairs))
+
+    def close(self) -> None:
+        """Finish the queued writes and stop the thread (idempotent); re-raise a write error."""
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 class _Plan:
@@ -205,25 +291,30 @@ def reconstruct(
     plan = _Plan(inputs, out_sigma_rel, out_nimg)
     coeffs = torch.from_numpy(plan.X[plan.rows]).float()
     with contextlib.ExitStack() as stack:
-        files = {i: stack.enter_context(safe_open(str(inputs[i][0]), framework="pt")) for i in plan.rows}
-        layout = _layout({inputs[i][0]: f for i, f in files.items()})
+        handles = stack.enter_context(contextlib.closing(_Inputs({i: inputs[i][0] for i in plan.rows})))
+        layout = _layout({inputs[i][0]: f for i, f in handles.files.items()})
         meta0 = inputs[plan.rows[-1]][1]
         if "buffers" in meta0:
             buffers = set(meta0["buffers"]) & set(layout)
         else:
             buffers = {k for k, (dt, _) in layout.items() if not _DTYPES[dt].is_floating_point}
         outs = _open_outputs(stack, plan, inputs, layout, buffers, dtype, out_dir)
-        for name, (_, shape) in tqdm(layout.items(), desc="reconstruct", unit="tensor", disable=not progress):
+        mixer = _Mixer(coeffs, chunk_numel, dtype)
+        writer = stack.enter_context(contextlib.closing(_Writer()))
+        for name, (dt, shape) in tqdm(
+            layout.items(), desc="reconstruct", unit="tensor", disable=not progress
+        ):
             if name in buffers:  # copied from the last input each target uses; one read per input
                 for i in sorted(set(plan.last)):
-                    value = files[i].get_tensor(name)
-                    for k in (k for k, j in enumerate(plan.last) if j == i):
-                        _write(outs[k][0], value)
+                    value = handles.files[i].get_tensor(name)
+                    writer.put((outs[k][0], value) for k, j in enumerate(plan.last) if j == i)
+                    handles.account(value.numel() * value.element_size())
                 continue
             for span in _row_spans(shape, chunk_numel):
-                values = _average_chunk(list(files.values()), name, span, coeffs).to(dtype)
-                for (f, _), v in zip(outs, values):
-                    _write(f, v)
+                values = mixer.mix(list(handles.files.values()), name, span)
+                writer.put(zip((f for f, _ in outs), values))
+                handles.account(values.shape[1] * _DTYPES[dt].itemsize * len(handles.files))
+        writer.close()
         for (f, size), name in zip(outs, plan.names):
             if f.tell() != size:
                 raise RuntimeError(f"{name}: wrote {f.tell()} bytes, the header promises {size}")

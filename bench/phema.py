@@ -1,0 +1,207 @@
+"""Post-hoc EMA reconstruction cost: bytes read, wall time vs one plain read, and peak RSS.
+
+Writes synthetic fp16 EMA snapshots (default 16 times x 2 profiles of a 50.4M-parameter model, 3.2 GB)
+into a temporary directory, reads every file twice and times the second (warm page cache) read, then
+reconstructs a 31-point sigma_rel grid in a subprocess that counts the tensor bytes it reads and reports
+its peak RSS. Run: `python bench/phema.py [--times 16] [--params-m 50] [--grid 31]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edm2lib import io
+
+OUT = Path(__file__).resolve().parent / "out" / "phema.json"
+
+
+def write_snapshots(directory: Path, times: int, params_m: float, rows: int = 1024) -> int:
+    """fp16 snapshots of a synthetic model of ~params_m million parameters in [rows, 4096] matrices."""
+    layers = max(1, round(params_m * 1e6 / (rows * 4096)))
+    gen = torch.Generator().manual_seed(0)
+    base = {f"block{i}.weight": torch.randn(rows, 4096, generator=gen).half() for i in range(layers)}
+    base |= {f"block{i}.bias": torch.randn(rows, generator=gen).half() for i in range(layers)}
+    base["freqs"] = torch.randn(256, generator=gen)  # a float buffer
+    base["seen"] = torch.zeros((), dtype=torch.int64)
+    n_params = sum(v.numel() for k, v in base.items() if k.startswith("block"))
+    step = 8 << 20  # 8 Mi images between snapshots, as in the paper
+    for k in range(1, times + 1):
+        for j, sigma_rel in enumerate((0.05, 0.10)):
+            sd = {n: (v + (k + j) * 1e-3 if n.startswith("block") else v) for n, v in base.items()}
+            sd["seen"] = torch.tensor(k * step // 64)
+            io.save_network(
+                directory / f"snapshot-{k * step:012d}-{sigma_rel:.3f}.safetensors",
+                sd,
+                {"kind": "synthetic", "params": n_params},
+                dtype=None,
+                nimg=k * step,
+                sigma_rel=sigma_rel,
+                gamma=0.0,
+                buffers=["freqs", "seen"],
+            )
+    return n_params
+
+
+def read_all(paths: list[Path], chunk: int = 16 << 20) -> tuple[float, int]:
+    """Seconds and bytes for one sequential read of every file."""
+    start, total = time.perf_counter(), 0
+    for p in paths:
+        with open(p, "rb", buffering=0) as f:
+            while block := f.read(chunk):
+                total += len(block)
+    return time.perf_counter() - start, total
+
+
+def child(snap_dir: str, out_dir: str, grid: int, threads: int) -> None:
+    """Reconstruct the grid with a byte-counting safe_open; print wall time, bytes read, peak RSS."""
+    torch.set_num_threads(threads)
+    from safetensors import safe_open
+
+    from edm2lib import reconstruct as rec
+
+    read = [0]
+
+    class Counting:
+        def __init__(self, path, framework):
+            self.f = safe_open(path, framework=framework)
+
+        def __enter__(self):
+            self.f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def keys(self):
+            return self.f.keys()
+
+        def get_tensor(self, name):
+            t = self.f.get_tensor(name)
+            read[0] += t.numel() * t.element_size()
+            return t
+
+        def get_slice(self, name):
+            sl = self.f.get_slice(name)
+
+            class Slice:
+                get_shape, get_dtype = sl.get_shape, sl.get_dtype
+
+                def __getitem__(self, rows):
+                    t = sl[rows]
+                    read[0] += t.numel() * t.element_size()
+                    return t
+
+            return Slice()
+
+    rec.safe_open = Counting
+    sigmas = np.linspace(0.010, 0.250, grid).tolist()
+    start = time.perf_counter()
+    outs = rec.reconstruct(snap_dir, sigmas, out_dir=out_dir, progress=False)
+    wall = time.perf_counter() - start
+    errors = {
+        f"{io.read_network_meta(p)['sigma_rel']:.3f}": io.read_network_meta(p)["profile_error"] for p in outs
+    }
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(
+        json.dumps(
+            {
+                "wall_s": wall,
+                "bytes_read": read[0],
+                "peak_rss": maxrss,
+                "outputs": len(outs),
+                "out_bytes": sum(p.stat().st_size for p in outs),
+                "profile_error": errors,
+            }
+        )
+    )
+
+
+def baseline_rss() -> int:
+    """Peak RSS of a subprocess that only imports torch, safetensors and edm2lib.reconstruct."""
+    code = "import resource, edm2lib.reconstruct; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    return (
+        int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+        * 1024
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--times", type=int, default=16, help="snapshot times (x 2 profiles: 0.05, 0.10)")
+    parser.add_argument("--params-m", type=float, default=50.0, help="model size, millions of parameters")
+    parser.add_argument("--grid", type=int, default=31, help="sigma_rel grid points in [0.010, 0.250]")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for the reconstruction")
+    parser.add_argument("--workdir", type=Path, default=None, help="where the temporary files go")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench-phema-") as tmp:
+        snap_dir, out_dir = Path(tmp) / "snapshots", Path(tmp) / "phema"
+        snap_dir.mkdir()
+        t0 = time.perf_counter()
+        n_params = write_snapshots(snap_dir, args.times, args.params_m)
+        setup_s = time.perf_counter() - t0
+        paths = sorted(snap_dir.iterdir())
+        total = sum(p.stat().st_size for p in paths)
+        read_all(paths)  # first read: page cache warm-up, not timed
+        read_s, _ = read_all(paths)
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            str(snap_dir),
+            str(out_dir),
+            str(args.grid),
+            str(args.threads),
+        ]
+        res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+        base = baseline_rss()
+
+    row = {
+        "snapshots": len(paths),
+        "params": n_params,
+        "snapshot_bytes": total,
+        "grid": args.grid,
+        "outputs": res["outputs"],
+        "output_bytes": res["out_bytes"],
+        "bytes_read_ratio": res["bytes_read"] / total,
+        "read_once_s": read_s,
+        "reconstruct_s": res["wall_s"],
+        "time_ratio": res["wall_s"] / read_s,
+        "peak_rss_gb": res["peak_rss"] / 1e9,
+        "baseline_rss_gb": base / 1e9,
+        "setup_s": setup_s,
+        "torch_threads": args.threads,
+        "cpus": os.cpu_count(),
+        "profile_error": res["profile_error"],
+    }
+    print(f"{'quantity':<40}{'value':>14}  target")
+    print(f"{'snapshots x params':<40}{row['snapshots']:>6} x {n_params / 1e6:.1f}M")
+    print(f"{'snapshot bytes (GB)':<40}{total / 1e9:>14.2f}")
+    print(f"{'outputs (sigma_rel grid)':<40}{row['outputs']:>14d}")
+    print(f"{'bytes read / snapshot bytes':<40}{row['bytes_read_ratio']:>14.3f}  <= 1.0")
+    print(f"{'one warm read of all files (s)':<40}{read_s:>14.2f}")
+    print(f"{'reconstruction wall (s)':<40}{res['wall_s']:>14.2f}")
+    print(f"{'reconstruction / one read':<40}{row['time_ratio']:>14.2f}  <= 1.5")
+    print(f"{'peak RSS (GB)':<40}{row['peak_rss_gb']:>14.3f}  < 1.5")
+    print(f"{'  of which imports alone (GB)':<40}{row['baseline_rss_gb']:>14.3f}")
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    io.atomic_write_text(OUT, json.dumps(row, indent=2) + "\n")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    else:
+        main()
