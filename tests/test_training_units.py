@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from edm2lib.loss import edm2_loss
 from edm2lib.networks import Precond
 from edm2lib.training import __main__ as cli
-from edm2lib.training import checkpoint, distributed, loop
+from edm2lib.training import checkpoint, distributed, loop, preempt
 from edm2lib.training.config import TrainConfig
 from edm2lib.training.data_sampler import ShardedSampler, make_generator
 from edm2lib.training.loss import draw_noise, edm2_loss_on
@@ -238,3 +239,39 @@ def test_latent_data_draws_a_fresh_sample_per_example_and_trains(tmp_path):
     )  # sampled
     summary = trainer.run()
     assert summary["nimg"] == 16 and math.isfinite(summary["last_status"]["loss"])
+
+
+def fake_scontrol(tmp_path, monkeypatch, requeue_flag: int):
+    """An `scontrol` on PATH that records its arguments and answers like SLURM."""
+    record = tmp_path / "calls.txt"
+    script = tmp_path / "bin" / "scontrol"
+    script.parent.mkdir()
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {record}\n'
+        f'case "$1 $2" in "show job") echo "JobId=$4 JobName=train Requeue={requeue_flag} Restarts=0";; '
+        '"show hostnames") echo gpu07; echo gpu08;; esac\n'
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{script.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    return record
+
+
+def test_preemption_requeues_a_requeueable_slurm_job(tmp_path, monkeypatch):
+    record = fake_scontrol(tmp_path, monkeypatch, requeue_flag=1)
+    messages = []
+    assert preempt.maybe_requeue("auto", messages.append)
+    assert record.read_text().splitlines() == ["show job -o 4242", "requeue 4242"]
+    assert messages == ["requeued SLURM job 4242"]
+    assert distributed.first_host("gpu[07-08]") == "gpu07"  # via scontrol show hostnames
+
+
+def test_preemption_does_not_requeue_a_job_submitted_without_requeue(tmp_path, monkeypatch):
+    record = fake_scontrol(tmp_path, monkeypatch, requeue_flag=0)
+    messages = []
+    assert not preempt.maybe_requeue("auto", messages.append)
+    assert "requeue 4242" not in record.read_text() and "not requeueable" in messages[0]
+    assert not preempt.maybe_requeue("never", messages.append)
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert not preempt.maybe_requeue("always", messages.append)  # not under SLURM at all
