@@ -12,6 +12,7 @@ they do not depend on the split either; only dropout, which uses the global RNG,
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import torch
 
@@ -43,14 +44,16 @@ class ShardedSampler:
         self.world_size = world_size
         self.batch_gpu = batch_gpu
         self._perms: dict[int, torch.Tensor] = {}  # the last two epochs (a batch may straddle a boundary)
+        self._lock = threading.Lock()  # loader threads share the cache
 
     def permutation(self, epoch: int) -> torch.Tensor:
         """The seeded permutation of all example indices used in `epoch`."""
-        if epoch not in self._perms:
-            g = make_generator("cpu", "sampler", self.seed, epoch)
-            self._perms = {e: p for e, p in self._perms.items() if e == epoch - 1}
-            self._perms[epoch] = torch.randperm(self.num_examples, generator=g)
-        return self._perms[epoch]
+        with self._lock:
+            if epoch not in self._perms:
+                g = make_generator("cpu", "sampler", self.seed, epoch)
+                self._perms = {e: p for e, p in self._perms.items() if e == epoch - 1}
+                self._perms[epoch] = torch.randperm(self.num_examples, generator=g)
+            return self._perms[epoch]
 
     def positions(self, start: int, count: int) -> list[int]:
         """Global stream entries [start, start + count): example indices."""
