@@ -98,9 +98,8 @@ class Trainer:
             for w in skipped:
                 self.log(f"warning: {w.message}")
                 warnings.warn(w.message, stacklevel=2)
-        nimg = distributed.all_reduce_max([-1 if found is None else checkpoint.nimg_of(found)], self.device)[
-            0
-        ]
+        # rank 0 picks the checkpoint, every rank loads that one
+        (nimg,) = distributed.all_reduce_max([checkpoint.nimg_of(found) if found else -1], self.device)
         if nimg < 0:
             self.log(f"new run in {self.run_dir}: {self._describe()}")
             return
