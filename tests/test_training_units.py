@@ -275,3 +275,12 @@ def test_preemption_does_not_requeue_a_job_submitted_without_requeue(tmp_path, m
     assert not preempt.maybe_requeue("never", messages.append)
     monkeypatch.delenv("SLURM_JOB_ID")
     assert not preempt.maybe_requeue("always", messages.append)  # not under SLURM at all
+
+
+@pytest.mark.parametrize(("dtype", "recorded"), [("bf16", {"compute_dtype": "bfloat16"}), ("fp16", {})])
+def test_reduced_precision_trains_on_cpu(tmp_path, dtype, recorded):
+    summary = loop.train(tiny_config(tmp_path, duration=16, dtype=dtype))
+    assert math.isfinite(summary["last_status"]["loss"]) and summary["nonfinite_grads"] == 0
+    state = checkpoint.load(checkpoint.find_latest_valid(tmp_path / "run"))["state"]
+    assert state["network"]["use_fp16"] == (dtype == "fp16")  # fp16 runs in fp32 on a CPU (official rule)
+    assert state["network"].get("compute_dtype") == recorded.get("compute_dtype")
