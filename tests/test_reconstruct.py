@@ -262,3 +262,21 @@ def test_bad_inputs_and_targets_are_rejected(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         rec.reconstruct(tmp_path / "nowhere", 0.07, out_dir=tmp_path / "o", progress=False)
     assert not (tmp_path / "o").exists()
+
+
+def test_reconstructed_precond_loads_as_a_network_with_its_buffers(tiny_reference, tmp_path):
+    from edm2lib.networks import Precond
+
+    net = Precond(**tiny_reference["config"])
+    ema = PowerFunctionEMA(net)
+    for k in range(1, 5):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        ema.update(net, k * 64, 64)
+        ema.save_snapshots(tmp_path / "snapshots", net, k * 64, encoder={"kind": "pixels"})
+    (out,) = rec.reconstruct(tmp_path / "snapshots", 0.07, out_dir=tmp_path / "phema", progress=False)
+    loaded, meta = io.load_network(out)
+    assert meta["config"] == net.config and meta["nimg"] == 256 and meta["encoder"] == {"kind": "pixels"}
+    for name, buf in net.named_buffers():
+        assert torch.equal(loaded.get_buffer(name), buf.half().float())

@@ -44,7 +44,7 @@ _DTYPE_NAMES = {
 }
 _DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
 CHUNK_NUMEL = 1 << 20  # elements per input per read: (snapshots + targets) x 4 MiB of fp32 at most
-MAPPED_BYTES = 256 << 20  # reopen the inputs after reading this much: touched mapped pages count in RSS
+MAPPED_BYTES = 128 << 20  # reopen the inputs after reading this much: touched mapped pages count in RSS
 
 
 def output_name(nimg: int, sigma_rel: float) -> str:
@@ -86,6 +86,9 @@ def _layout(files: dict[Path, Any]) -> dict[str, tuple[str, list[int]]]:
     """Tensor name -> (safetensors dtype, shape), identical across all files, else an error naming both."""
     (first, f0), *rest = files.items()
     layout = {k: (f0.get_slice(k).get_dtype(), list(f0.get_slice(k).get_shape())) for k in f0.keys()}  # noqa: SIM118 (safe_open handle)
+    unknown = {k: dt for k, (dt, _) in layout.items() if dt not in _DTYPES}
+    if unknown:
+        raise ValueError(f"{first}: unsupported tensor dtypes {unknown}; expected one of {sorted(_DTYPES)}")
     for path, f in rest:
         keys = set(f.keys())
         if keys != set(layout):
