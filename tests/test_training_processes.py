@@ -90,7 +90,7 @@ def test_run_killed_at_a_random_step_resumes_bit_identical(tmp_path, reference):
     killed = tmp_path / "killed"
     killed.mkdir()
     cfg = run_config(tmp_path, "killed")
-    kill_after = 8 * random.Random(3).randint(4, 15)  # past the first checkpoint, before the end
+    kill_after = 8 * random.Random(3).randint(4, 12)  # past the first checkpoint, before the end
     proc = launch(cfg, killed, stdout=subprocess.DEVNULL)
     seen = wait_for_nimg(killed / "run", proc, kill_after)
     proc.send_signal(signal.SIGKILL)
