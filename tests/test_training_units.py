@@ -181,6 +181,9 @@ def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="no SHA256SUMS file") as record:
         assert checkpoint.find_latest_valid(run) is None
     assert len(record) == 3
+    refused = pytest.raises(ValueError, match=r"no checkpoint verifies .* refusing to start over")
+    with refused, pytest.warns(UserWarning):
+        loop.train(tiny_config(tmp_path, duration=48))
     with pytest.raises(FileNotFoundError, match="ckpt-000000000048: checkpoint directory not found"):
         checkpoint.load(checkpoint.checkpoint_dir(run, 48))
 

@@ -98,8 +98,14 @@ class Trainer:
             for w in skipped:
                 self.log(f"warning: {w.message}")
                 warnings.warn(w.message, stacklevel=2)
-        # rank 0 picks the checkpoint, every rank loads that one
-        (nimg,) = distributed.all_reduce_max([checkpoint.nimg_of(found) if found else -1], self.device)
+        # rank 0 picks the checkpoint, every rank loads that one; -2: checkpoints exist but none is valid
+        none = -2 if self.dist.is_main and checkpoint.list_checkpoints(self.run_dir) else -1
+        (nimg,) = distributed.all_reduce_max([checkpoint.nimg_of(found) if found else none], self.device)
+        if nimg == -2:
+            raise ValueError(
+                f"{self.run_dir}/checkpoints: no checkpoint verifies (see the warnings); refusing to start "
+                f"over in a used run_dir: delete the checkpoints to restart from scratch"
+            )
         if nimg < 0:
             self.log(f"new run in {self.run_dir}: {self._describe()}")
             return
