@@ -154,7 +154,7 @@ def plot_fid_vs_sigma_rel(rows: Sequence[Mapping[str, Any]], out_png: str | os.P
         for label, points in sorted(curves.items()):
             points.sort()
             xs, ys = zip(*points)
-            (line,) = ax.plot(xs, ys, "-", lw=1.5, label=label)
+            (line,) = ax.plot(xs, ys, ".-", lw=1.5, ms=4, label=label)
             best = min(points, key=lambda p: p[1])
             ax.plot(*best, "o", color=line.get_color())
             ax.annotate(

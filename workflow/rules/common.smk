@@ -6,7 +6,7 @@ POINTS = pipeline.points(config)
 BLOCKS = range(config["sampling"]["seed_blocks"])
 
 wildcard_constraints:
-    run=r"[A-Za-z0-9_.]+",
+    run=r"[A-Za-z0-9_.-]+",
     nimg=r"\d{12}",
     sigma_rel=r"\d\.\d{3}",
     guidance=r"[A-Za-z0-9_]+",

@@ -1,0 +1,153 @@
+"""The tiny CI pipeline end to end with the local executor, and what a changed config reruns."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import h5py
+import pytest
+import yaml
+
+from pipeline_helpers import ci_config, job_counts, snakemake
+
+pytestmark = pytest.mark.slow
+RULES = ["prepare", "train_config", "train", "phema", "phema_plot", "refstats", "sample", "score", "table"]
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory) -> Path:
+    """A finished run of config/ci.yaml (on a generated image folder) in a fresh working directory."""
+    work = tmp_path_factory.mktemp("ci-run")
+    proc = snakemake(work, "--cores", "2", "--configfile", str(ci_config(work)))
+    assert job_counts(proc.stdout + proc.stderr).keys() >= set(RULES)
+    return work
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_ci_pipeline_writes_table_plots_samples_logs_and_benchmarks(ran):
+    table = rows(ran / "results" / "fid_table.csv")
+    assert [r["sigma_rel"] for r in table] == ["0.0500", "0.1000", "0.1500"]
+    for r in table:
+        assert (
+            r["run"] == "tiny"
+            and r["model"] == "edm2-tiny"
+            and r["nimg"] == "256"
+            and r["guide"] == "tiny@128/0.100"
+        )
+        assert (
+            r["nfe"] == "14" and r["images"] == "16" and r["seeds"] == "0-15" and r["random_init"] == "True"
+        )
+        assert float(r["fd_dinov2"]) > 0 and r["fd_dinov2_detector"].startswith("RANDOM-INIT")
+        assert r["fid"] == ""  # no Inception in the CI config
+    with h5py.File(ran / "samples" / "tiny" / "000000000256-0.100-ag" / "block0.h5") as f:
+        assert f["images"].shape == (16, 16, 16, 3) and list(f["seeds"][:3]) == [0, 1, 2]
+    for png in [
+        "results/fid_vs_sigma_rel.png",
+        "results/phema-profiles-tiny.png",
+        "samples/tiny/000000000256-0.050-ag/block0.png",
+    ]:
+        assert (ran / png).read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in (ran / "runs" / "tiny" / "phema").iterdir()) == [
+        "phema-000000000128-0.100.safetensors",
+        "phema-000000000256-0.050.safetensors",
+        "phema-000000000256-0.100.safetensors",
+        "phema-000000000256-0.150.safetensors",
+    ]
+    logged = {p.name for p in (ran / "logs").iterdir()}
+    assert logged >= set(RULES)
+    assert {p.name for p in (ran / "benchmarks").iterdir()} >= {
+        "prepare",
+        "train",
+        "phema",
+        "sample",
+        "score",
+    }
+
+
+def edited(work: Path, section: str, values: dict) -> Path:
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config[section] = {**config[section], **values}
+    path = work / f"{section}-edit.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def test_nothing_to_do_after_a_finished_run(ran):
+    proc = snakemake(ran, "-n", "--configfile", str(ran / "config.yaml"))
+    assert job_counts(proc.stdout) == {}
+
+
+def test_forcerun_reruns_the_rule_and_what_depends_on_it_only(ran):
+    proc = snakemake(ran, "-n", "--configfile", str(ran / "config.yaml"), "--forcerun", "table")
+    assert job_counts(proc.stdout) == {"table": 1, "all": 1}
+
+
+def test_new_guidance_setting_samples_and_scores_only_the_new_points(ran):
+    config = edited(ran, "guidance", {"none": {"w": 1.0}})
+    proc = snakemake(ran, "-n", "--configfile", str(config))
+    assert job_counts(proc.stdout) == {"sample": 3, "score": 3, "table": 1, "all": 1}
+
+
+def test_new_sigma_rel_reruns_one_reconstruction_pass_and_only_the_new_point(ran):
+    config = edited(ran, "phema", {"sigma_rel": [0.05, 0.10, 0.15, 0.20]})
+    proc = snakemake(ran, "-n", "--configfile", str(config))
+    assert job_counts(proc.stdout) == {
+        "phema": 1,
+        "phema_plot": 1,
+        "sample": 1,
+        "score": 1,
+        "table": 1,
+        "all": 1,
+    }
+    old = ran / "samples" / "tiny" / "000000000256-0.100-ag" / "block0.h5"
+    before = old.stat().st_mtime_ns
+    snakemake(ran, "--cores", "2", "--configfile", str(config))
+    assert old.stat().st_mtime_ns == before  # existing samples were not redone
+    assert [r["sigma_rel"] for r in rows(ran / "results" / "fid_table.csv")][-1] == "0.2000"
+
+
+def test_missing_weights_file_fails_the_rule_that_needs_it_naming_the_file(ran, tmp_path):
+    (tmp_path / "data" / "ci").mkdir(parents=True)
+    shutil.copy(ran / "data" / "ci" / "images.h5", tmp_path / "data" / "ci" / "images.h5")
+    config = yaml.safe_load((ran / "config.yaml").read_text())
+    config["metrics"].update(
+        weights={"dinov2": "/nonexistent/dinov2_vitl14_pretrain.pth"}, random_arch={}, allow_random_init=False
+    )
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(
+        tmp_path,
+        "--cores",
+        "1",
+        "--configfile",
+        str(tmp_path / "config.yaml"),
+        "data/ci/ref-dinov2.npz",
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "error: FileNotFoundError: dinov2 weights /nonexistent/dinov2_vitl14_pretrain.pth not found" in (
+        proc.stdout + proc.stderr
+    )
+    assert not (tmp_path / "data" / "ci" / "ref-dinov2.npz").exists()
+
+
+def test_missing_data_folder_fails_prepare_naming_the_folder(tmp_path):
+    config = yaml.safe_load(ci_config(tmp_path).read_text())
+    config["data"]["path"] = str(tmp_path / "no-such-folder")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(
+        tmp_path,
+        "--cores",
+        "1",
+        "--configfile",
+        str(tmp_path / "config.yaml"),
+        "data/ci/images.h5",
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert f"{tmp_path / 'no-such-folder'}" in proc.stdout + proc.stderr

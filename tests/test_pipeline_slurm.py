@@ -1,0 +1,145 @@
+"""The tiny pipeline through a real SLURM (the loopback cluster of .ci/slurm-up): sbatch jobs, a 2-rank DDP
+training job launched by srun inside the job, and a USR1 preemption that the run survives by resuming."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline_helpers import ROOT, SNAKEFILE, ci_config
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+PROFILE = Path(os.environ.get("EDM2LIB_SLURM_PROFILE", "/tmp/edm2lib-ci-slurm-profile"))
+
+
+def cluster_up() -> bool:
+    if not (PROFILE / "config.yaml").is_file() or not shutil.which("sinfo"):
+        return False
+    return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=30).returncode == 0
+
+
+def workflow_profile(tmp: Path) -> Path:
+    """profiles/default scaled to the test node: the same DDP shape (mpi srun, one rank per fake GPU)."""
+    profile = yaml.safe_load((ROOT / "profiles" / "default" / "config.yaml").read_text())
+    small = {"cpus_per_task": 1, "mem_mb": 600, "runtime": 10}
+    resources = {
+        rule: {**{k: v for k, v in r.items() if k not in ("gpu",)}, **small}
+        for rule, r in profile["set-resources"].items()
+    }
+    resources["train"].update(
+        gpu=2, tasks=2, tasks_per_gpu=1, mem_mb=1500, runtime=20, slurm_extra="--signal=USR1@60 --requeue"
+    )
+    out = tmp / "wfprofile"
+    out.mkdir()
+    (out / "config.yaml").write_text(yaml.safe_dump({**profile, "set-resources": resources}))
+    return out
+
+
+def squeue(rule: str) -> list[tuple[str, str, str]]:
+    """(job id, state, reason) of this rule's jobs (the plugin puts `rule_<name>` in the job comment)."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i|%k|%T|%r"], capture_output=True, text=True).stdout
+    return [
+        (i, s, r)
+        for i, k, s, r in (line.split("|") for line in out.splitlines())
+        if k.startswith(f"rule_{rule}")
+    ]
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen, log: Path):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        if proc.poll() is not None:
+            pytest.fail(
+                f"snakemake exited ({proc.returncode}) while waiting for {what}:\n{log.read_text()[-4000:]}"
+            )
+        time.sleep(1)
+    pytest.fail(f"timed out waiting for {what}:\n{log.read_text()[-4000:]}")
+
+
+@pytest.mark.skipif(not cluster_up(), reason=f"no local SLURM cluster (.ci/slurm-up writes {PROFILE})")
+def test_slurm_pipeline_trains_two_ranks_survives_usr1_and_finishes(tmp_path):
+    run = {
+        "preset": "edm2-tiny",
+        "duration": 2048,
+        "batch": 8,
+        "snapshot_nimg": 256,
+        "checkpoint_nimg": 512,
+        "status_nimg": 64,
+        "t_ref": 512,
+        "warmup": 64,
+    }
+    config = ci_config(
+        tmp_path,
+        runs={"tiny": run},
+        phema={"sigma_rel": [0.10]},
+        guidance={"ag": {"w": 1.5, "guide": {"run": "tiny", "nimg": 1024, "sigma_rel": 0.10}}},
+    )
+    log = tmp_path / "snakemake.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(SNAKEFILE),
+        "-d",
+        str(tmp_path),
+        "--profile",
+        str(PROFILE),
+        "--workflow-profile",
+        str(workflow_profile(tmp_path)),
+        "--configfile",
+        str(config),
+        "results/fid_table.csv",
+    ]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        train_log = tmp_path / "runs" / "tiny" / "log.txt"
+        job = wait_for(
+            lambda: [j for j in squeue("train") if j[1] == "RUNNING"], 400, "the training job", proc, log
+        )
+        job_id = job[0][0]
+        wait_for(
+            lambda: train_log.is_file() and " nimg " in train_log.read_text(),
+            300,
+            "training steps",
+            proc,
+            log,
+        )
+        subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
+        print(f"\nsent USR1 to training job {job_id}")
+
+        def requeued_or_done():
+            for jid, state, reason in squeue("train"):
+                if state == "PENDING" and reason == "BeginTime":  # requeued: skip SLURM's ~2 min hold
+                    subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], check=False)
+            return (tmp_path / "runs" / "tiny" / "trained.json").is_file()
+
+        wait_for(requeued_or_done, 600, "the resumed training to finish", proc, log)
+        assert proc.wait(timeout=600) == 0, log.read_text()[-4000:]
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=60)
+            subprocess.run(["scancel", "--me"], check=False)
+    text = train_log.read_text()
+    print(text)
+    assert "2 rank(s) on cpu" in text  # the DDP job: two srun ranks in one SLURM job
+    assert "preempted by signal 10" in text  # SIGUSR1 reached the ranks, which checkpointed and stopped
+    assert "resumed from" in text and "nimg        2,048" in text  # the rerun continued to the end
+    sbatched = sorted(
+        p.name.removeprefix("rule_") for p in (tmp_path / ".snakemake" / "slurm_logs").iterdir()
+    )
+    print("rules submitted with sbatch:", sbatched)
+    assert {"prepare", "refstats", "train", "phema", "sample", "score"} <= set(sbatched)
+    assert (tmp_path / "results" / "fid_table.csv").read_text().count("\n") == 2
