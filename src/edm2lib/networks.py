@@ -196,7 +196,7 @@ class Precond(nn.Module):
 
     Constructor keywords are the official ones (EDM2-FACTS 4.4), so official configs port over; the
     extra `compute_dtype` ('float32' | 'float16' | 'bfloat16') overrides the official rule (float16 only
-    with `use_fp16` on CUDA). Weight normalisation and `normalize` always run in float32.
+    with `use_fp16` on CUDA). Weight normalisation runs in float32 and `normalize` takes its norms in float32.
     """
 
     def __init__(
