@@ -185,3 +185,12 @@ def test_missing_labels_mean_a_zero_label_and_unconditional_nets_ignore_labels(r
         assert torch.equal(uncond(x, sigma), uncond(x, sigma, torch.eye(10)[:4]))
         D = ref_net(x, 0.5)  # a scalar sigma broadcasts over the batch
     assert D.shape == x.shape
+
+
+def test_precond_forward_traces_as_one_graph_without_breaks(ref_net, tiny_reference):
+    import torch._dynamo
+
+    x, sigma, labels = tiny_reference["x"], tiny_reference["sigma"], tiny_reference["labels"]
+    explanation = torch._dynamo.explain(ref_net.train())(x, sigma, labels, return_logvar=True)
+    torch._dynamo.reset()
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
