@@ -89,6 +89,7 @@ def test_slurm_pipeline_trains_two_ranks_survives_usr1_and_finishes(tmp_path):
         sys.executable,
         "-m",
         "snakemake",
+        "results/fid_table.csv",  # targets first: --configfile takes several values
         "-s",
         str(SNAKEFILE),
         "-d",
@@ -99,7 +100,6 @@ def test_slurm_pipeline_trains_two_ranks_survives_usr1_and_finishes(tmp_path):
         str(workflow_profile(tmp_path)),
         "--configfile",
         str(config),
-        "results/fid_table.csv",
     ]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)

@@ -1,6 +1,7 @@
 # Training: runs/<run>/training.yaml (the engine's config) -> snapshots + checkpoints -> runs/<run>/trained.json.
 # Snapshots and checkpoints are not rule outputs on purpose: Snakemake deletes the outputs of a job before
-# rerunning it, and a rerun (retry, requeue, manual restart) must resume from them.
+# rerunning it, and a rerun (retry, requeue, manual restart) must resume from them. On preemption the ranks
+# checkpoint and exit 75 (after `scontrol requeue` under SLURM); `retries` covers jobs that cannot requeue.
 
 
 rule train_config:
