@@ -14,7 +14,7 @@ from edm2lib.training import __main__ as cli
 from edm2lib.training import checkpoint, distributed, loop, preempt
 from edm2lib.training.config import TrainConfig
 from edm2lib.training.data_sampler import ShardedSampler, make_generator
-from edm2lib.training.loss import draw_noise, edm2_loss_on
+from edm2lib.training.loss import draw_noise
 from edm2lib.training.schedule import learning_rate
 from training_fixtures import TINY_NET, tiny_config, write_latents
 
@@ -133,7 +133,7 @@ def test_nonfinite_gradients_are_zeroed_and_counted():
 
 
 def test_nan_loss_is_counted_and_never_reaches_a_checkpoint(tmp_path, monkeypatch):
-    real_loss = loop.edm2_loss_on
+    real_loss = loop.edm2_loss
     calls = []
 
     def sometimes_nan(*args, **kwargs):
@@ -141,7 +141,7 @@ def test_nan_loss_is_counted_and_never_reaches_a_checkpoint(tmp_path, monkeypatc
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if len(calls) in (3, 4) else loss
 
-    monkeypatch.setattr(loop, "edm2_loss_on", sometimes_nan)
+    monkeypatch.setattr(loop, "edm2_loss", sometimes_nan)
     summary = loop.train(tiny_config(tmp_path, duration=48, checkpoint_nimg=24))
     assert summary["nonfinite_steps"] == 2 and summary["nonfinite_grads"] == 2 * 45747
     stats = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
@@ -205,7 +205,7 @@ def test_per_example_draws_give_the_shared_edm2_loss():
     net = Precond(8, 3, 3, **TINY_NET).eval()  # eval: no in-place weight normalisation between calls
     x, labels = torch.randn(3, 3, 8, 8), torch.eye(3)
     sigma, noise = draw_noise(range(40, 43), (3, 8, 8), P_mean=-0.4, P_std=1.0, seed=7)
-    ours = edm2_loss_on(net, x, labels, sigma, noise)
+    ours = edm2_loss(net, x, labels, sigma=sigma, noise=noise)
     for i, q in enumerate(range(40, 43)):  # the official draw order from each example's own generator
         g = make_generator("cpu", "noise", 7, q)
         shared = edm2_loss(net, x[i : i + 1], labels[i : i + 1], -0.4, 1.0, 0.5, generator=g)

@@ -23,11 +23,12 @@ from torch.nn.parallel import DistributedDataParallel
 from edm2lib.data.dataset import LatentDataset, open_dataset
 from edm2lib.ema import PowerFunctionEMA
 from edm2lib.layers import MPConv
+from edm2lib.loss import edm2_loss
 from edm2lib.networks import Precond
 from edm2lib.training import checkpoint, distributed, preempt
 from edm2lib.training.config import TrainConfig
 from edm2lib.training.data_sampler import ShardedSampler, derive_seed, make_generator
-from edm2lib.training.loss import draw_noise, edm2_loss_on
+from edm2lib.training.loss import draw_noise
 from edm2lib.training.schedule import learning_rate
 from edm2lib.training.status import RunLog, peak_memory_gib, progress_bar
 
@@ -249,7 +250,9 @@ class Trainer:
             last = r == self.rounds - 1
             sync = contextlib.nullcontext() if last or self.model is self.net else self.model.no_sync()
             with sync:
-                loss = edm2_loss_on(self.model, images, labels, sigma, noise, self.net.sigma_data)
+                loss = edm2_loss(
+                    self.model, images, labels, sigma_data=self.net.sigma_data, sigma=sigma, noise=noise
+                )
                 # EDM2-FACTS 6.1: sum over pixels, mean over the global batch (DDP averages over ranks)
                 (loss.sum() * (cfg.loss_scaling / (self.batch_gpu * self.rounds))).backward()
             loss_sum += loss.detach().sum()

@@ -1,9 +1,10 @@
-"""EDM2 training loss on per-example noise draws, so a global batch means the same whatever its split.
+"""Per-example noise draws for the EDM2 training loss, so a global batch means the same whatever its split.
 
 `edm2lib.loss.edm2_loss` draws the noise of a whole micro-batch from one generator, which ties the draws to
 the micro-batch size. Here example q of the training stream (its position, see `data_sampler`) gets its own
 generator seeded from (seed, q) and draws, in the official order, its noise level then its noise
-(EDM2-FACTS 6.1), on the device that trains (per-example generators cost one small kernel per draw).
+(EDM2-FACTS 6.1), on the device that trains (per-example generators cost one small kernel per draw). The
+draws go to `edm2lib.loss.edm2_loss(..., sigma=, noise=)`.
 """
 
 from __future__ import annotations
@@ -29,17 +30,3 @@ def draw_noise(
         torch.randn([1, 1, 1], generator=g, out=sigma[i])
         torch.randn(shape, generator=g, out=noise[i])
     return (sigma * P_std + P_mean).exp(), noise  # ln(sigma) ~ N(P_mean, P_std^2) (EDM2-FACTS 6.1)
-
-
-def edm2_loss_on(
-    net: torch.nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor | None,
-    sigma: torch.Tensor,
-    noise: torch.Tensor,
-    sigma_data: float = 0.5,
-) -> torch.Tensor:
-    """Per-element loss [B,C,H,W] for given draws; equals `edm2lib.loss.edm2_loss` on the same draws."""
-    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2  # lambda(sigma) (EDM2-FACTS 6.1)
-    denoised, logvar = net(images + noise * sigma, sigma, labels, return_logvar=True)
-    return (weight / logvar.exp()) * (denoised - images) ** 2 + logvar  # EDM2-FACTS 6.1
