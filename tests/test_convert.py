@@ -118,6 +118,12 @@ def test_official_layout_pickle_converts_to_an_equivalent_network_file(
     g = meta["gamma"]
     assert abs(((g + 1) / ((g + 2) ** 2 * (g + 3))) ** 0.5 - 0.135) < 1e-9  # sigma_rel(gamma), EDM2-FACTS 7
     assert meta["encoder"] == {"kind": "pixels"}
+    assert meta["buffers"] == [
+        "logvar_fourier.freqs",
+        "logvar_fourier.phases",
+        "unet.emb_fourier.freqs",
+        "unet.emb_fourier.phases",
+    ]
     assert meta["loss"] == {"P_mean": -0.4, "P_std": 1.0, "sigma_data": 0.5}
     assert meta["source"].startswith("network-snapshot-2147483-0.135.pkl sha256 ")
     fp16 = ref_net.half().float().state_dict()

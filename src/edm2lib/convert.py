@@ -100,11 +100,13 @@ def encoder_description(record: Any) -> dict[str, Any]:
     raise ValueError(f"unknown encoder {name!r}; expected StandardRGBEncoder or StabilityVAEEncoder")
 
 
-def check_tensors(tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
-    """Raise ValueError naming every missing, unexpected or misshapen key against `Precond(**config)`."""
+def check_tensors(tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> list[str]:
+    """Raise ValueError naming every missing, unexpected or misshapen key against `Precond(**config)`;
+    return the state-dict keys that are buffers (reconstruction copies them instead of averaging)."""
     try:
         with torch.device("meta"):
-            expected = {k: tuple(v.shape) for k, v in Precond(**config).state_dict().items()}
+            net = Precond(**config)
+        expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     except (TypeError, ValueError) as e:
         raise ValueError(f"recorded Precond config {config} is not buildable: {e}") from e
     missing = sorted(set(expected) - set(tensors))
@@ -118,6 +120,7 @@ def check_tensors(tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> N
         raise ValueError(
             f"weights do not match config: missing {missing}, unexpected {unexpected}, shapes {misshapen}"
         )
+    return sorted(name for name, _ in net.named_buffers())
 
 
 def convert(path: str | Path, out_dir: str | Path) -> Path:
@@ -127,13 +130,14 @@ def convert(path: str | Path, out_dir: str | Path) -> Path:
     try:
         config = precond_config(data["ema"])
         tensors = dict(module_tensors(data["ema"]))
-        check_tensors(tensors, config)
+        buffers = check_tensors(tensors, config)
         encoder = encoder_description(data.get("encoder"))
     except (ValueError, KeyError) as e:
         raise ValueError(f"{path}: {e}") from e
     meta: dict[str, Any] = {
         **parse_name(path),
         "encoder": encoder,
+        "buffers": buffers,
         "source": f"{path.name} sha256 {io.sha256_file(path)}",
     }
     loss = data.get("loss_fn")
