@@ -70,19 +70,19 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen, log: 
 def test_slurm_pipeline_trains_two_ranks_survives_usr1_and_finishes(tmp_path):
     run = {
         "preset": "edm2-tiny",
-        "duration": 2048,
+        "duration": 512,
         "batch": 8,
-        "snapshot_nimg": 256,
-        "checkpoint_nimg": 512,
+        "snapshot_nimg": 128,
+        "checkpoint_nimg": 256,
         "status_nimg": 64,
-        "t_ref": 512,
+        "t_ref": 256,
         "warmup": 64,
     }
     config = ci_config(
         tmp_path,
         runs={"tiny": run},
         phema={"sigma_rel": [0.10]},
-        guidance={"ag": {"w": 1.5, "guide": {"run": "tiny", "nimg": 1024, "sigma_rel": 0.10}}},
+        guidance={"ag": {"w": 1.5, "guide": {"run": "tiny", "nimg": 256, "sigma_rel": 0.10}}},
     )
     log = tmp_path / "snakemake.log"
     cmd = [
@@ -136,7 +136,7 @@ def test_slurm_pipeline_trains_two_ranks_survives_usr1_and_finishes(tmp_path):
     print(text)
     assert "2 rank(s) on cpu" in text  # the DDP job: two srun ranks in one SLURM job
     assert "preempted by signal 10" in text  # SIGUSR1 reached the ranks, which checkpointed and stopped
-    assert "resumed from" in text and "nimg        2,048" in text  # the rerun continued to the end
+    assert "resumed from" in text and "nimg          512" in text  # the rerun continued to the end
     sbatched = sorted(
         p.name.removeprefix("rule_") for p in (tmp_path / ".snakemake" / "slurm_logs").iterdir()
     )
