@@ -42,13 +42,13 @@ def workflow_profile(tmp: Path) -> Path:
     return out
 
 
-def squeue(rule: str) -> list[tuple[str, str, str]]:
-    """(job id, state, reason) of this rule's jobs (the plugin puts `rule_<name>` in the job comment)."""
-    out = subprocess.run(["squeue", "-h", "-o", "%i|%k|%T|%r"], capture_output=True, text=True).stdout
+def squeue(rule: str, workdir: Path) -> list[tuple[str, str, str]]:
+    """(job id, state, reason) of a rule's jobs run in `workdir` (the comment names the rule)."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i|%k|%T|%r|%Z"], capture_output=True, text=True).stdout
     return [
         (i, s, r)
-        for i, k, s, r in (line.split("|") for line in out.splitlines())
-        if k.startswith(f"rule_{rule}")
+        for i, k, s, r, d in (line.split("|") for line in out.splitlines())
+        if k.startswith(f"rule_{rule}") and Path(d) == workdir
     ]
 
 
@@ -106,7 +106,11 @@ def test_slurm_pipeline_trains_two_ranks_survives_usr1_and_finishes(tmp_path):
     try:
         train_log = tmp_path / "runs" / "tiny" / "log.txt"
         job = wait_for(
-            lambda: [j for j in squeue("train") if j[1] == "RUNNING"], 400, "the training job", proc, log
+            lambda: [j for j in squeue("train", tmp_path) if j[1] == "RUNNING"],
+            400,
+            "the training job",
+            proc,
+            log,
         )
         job_id = job[0][0]
         wait_for(
@@ -120,7 +124,7 @@ def test_slurm_pipeline_trains_two_ranks_survives_usr1_and_finishes(tmp_path):
         print(f"\nsent USR1 to training job {job_id}")
 
         def requeued_or_done():
-            for jid, state, reason in squeue("train"):
+            for jid, state, reason in squeue("train", tmp_path):
                 if state == "PENDING" and reason == "BeginTime":  # requeued: skip SLURM's ~2 min hold
                     subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], check=False)
             return (tmp_path / "runs" / "tiny" / "trained.json").is_file()
