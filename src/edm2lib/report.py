@@ -165,7 +165,7 @@ def plot_fid_vs_sigma_rel(rows: Sequence[Mapping[str, Any]], out_png: str | os.P
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     if any(r.get("random_init") for r in rows):
-        fig.suptitle("RANDOM-INIT DETECTORS: pipeline demo numbers, not comparable to the paper", color="red")
+        fig.suptitle("RANDOM-INIT DETECTORS\npipeline demo numbers, not comparable to the paper", color="red")
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png")
