@@ -1,4 +1,4 @@
-"""Pipeline steps between config and engines: training config, trained marker, a run's reconstructions.
+"""Pipeline steps between config and engines: data preparation, training config, trained marker, phema.
 
 Each function is what one workflow script calls; `run_step` gives all of them the same error contract.
 Command line (used by the training rule after the ranks exit): `python -m edm2lib.steps trained CFG OUT`.
@@ -42,6 +42,50 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+DEBIAN_PACKAGE = "dataset-fashion-mnist"  # installs the IDX files under /usr/share/datasets/fashion-mnist
+
+
+def install_fashion_mnist() -> bool:
+    """As root on Debian/Ubuntu without the files: `apt-get install dataset-fashion-mnist`; True if it ran.
+
+    Anywhere else (or if apt fails) `edm2lib.data` downloads the files and checks their sha256 instead.
+    """
+    import os
+    import shutil
+    import subprocess
+
+    from edm2lib.data.fashion_mnist import DEBIAN_DIR, FILES
+
+    if all((DEBIAN_DIR / n).is_file() for n in FILES) or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return False
+    print(f"installing Debian's {DEBIAN_PACKAGE} (running as root)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", DEBIAN_PACKAGE]):
+        if subprocess.run(cmd, env=env, stdout=sys.stdout, stderr=sys.stdout, check=False).returncode != 0:
+            print(f"{' '.join(cmd)} failed; falling back to the checksummed download")
+            return False
+    return True
+
+
+def prepare(data: Mapping[str, Any], out_h5: str | Path, workers: int) -> dict[str, Any]:
+    """images.h5 from the `data` config section (Fashion-MNIST installed from Debian where possible)."""
+    from edm2lib.data import prepare_dataset
+    from edm2lib.pipeline import data_source
+
+    if data["source"] == "fashion-mnist" and not data.get("path"):
+        install_fashion_mnist()
+    return prepare_dataset(
+        data_source(data),
+        out_h5,
+        resolution=data["resolution"],
+        transform=data["transform"],
+        labels=data["labels"],
+        max_images=data["max_images"],
+        workers=workers,
+        progress=False,
+    )
 
 
 # pipeline run keys that are not TrainConfig keys, or are named differently there
