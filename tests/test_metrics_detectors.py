@@ -320,3 +320,18 @@ def test_device_defaults_to_cpu_without_cuda_and_cuda_request_fails_clearly(tiny
     assert tiny_dino.device == torch.device("cpu")
     with pytest.raises(ValueError, match="CUDA is not available"):
         load_detector("dinov2", allow_random=True, download=False, device="cuda", **TINY_DINO)
+
+
+def test_small_input_inception_is_random_init_only_and_says_so():
+    small = load_detector("inception", allow_random=True, download=False, resolution=75)
+    assert small.identity["resize"] == "tf1-bilinear-75" and small.identity["weights"].startswith(
+        "random-init"
+    )
+    features = small(torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8))
+    assert features.shape == (2, 2048) and torch.isfinite(features).all()
+    with pytest.raises(ValueError, match="exist for random-init tests only"):
+        load_detector("inception", resolution=75)
+    with pytest.raises(ValueError, match=r"resolution 74 outside \[75, 299\]"):
+        load_detector("inception", allow_random=True, download=False, resolution=74)
+    with pytest.raises(ValueError, match="inception: unknown architecture option"):
+        load_detector("inception", allow_random=True, download=False, depth=2)

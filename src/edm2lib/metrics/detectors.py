@@ -84,10 +84,11 @@ def build_net(name: str, **arch: Any) -> tuple[torch.nn.Module, int]:
     """The detector network with uninitialised memory (fill it by loading or `reset_random`) and its dim."""
     if name not in METRIC:
         raise ValueError(f"unknown detector {name!r}; expected one of {sorted(METRIC)}")
-    if name == "inception" and arch:
-        raise ValueError(f"the Inception detector has no architecture options, got {sorted(arch)}")
-    with torch.device("meta"):  # skip the default init: weights are loaded or reset right after
-        net = inception.InceptionV3() if name == "inception" else dinov2.DINOv2(**arch)
+    try:
+        with torch.device("meta"):  # skip the default init: weights are loaded or reset right after
+            net = inception.InceptionV3(**arch) if name == "inception" else dinov2.DINOv2(**arch)
+    except TypeError as e:
+        raise ValueError(f"{name}: unknown architecture option ({e})") from None
     net = net.to_empty(device="cpu")
     return net, inception.DIM if name == "inception" else net.norm.normalized_shape[0]
 
@@ -107,7 +108,8 @@ def load_detector(
     Weights come from `weights`, else the cache, else a verified download (see `weights.resolve_weights`).
     `allow_random=True` uses deterministic random weights (seed `seed`) when no file is found: the identity
     then says 'random-init' and so does every statistic and score computed with it.
-    `arch` (DINOv2 only: embed_dim, depth, num_heads, ...) builds a smaller variant, random-init only.
+    `arch` builds a smaller variant, random-init only: DINOv2 embed_dim, depth, num_heads, ...; Inception
+    `resolution` (its input size, 75..299).
     `device` None: this rank's GPU (LOCAL_RANK) when CUDA is available, else the CPU.
     """
     if arch and not allow_random:
@@ -127,7 +129,8 @@ def load_detector(
     else:
         load_weights_file(net, path)
         label = path.name
-    identity = {"name": name, "arch": ARCH[name], "weights": label, "sha256": sha, "resize": RESIZE[name]}
+    resize = RESIZE[name].replace("299", str(arch["resolution"])) if "resolution" in arch else RESIZE[name]
+    identity = {"name": name, "arch": ARCH[name], "weights": label, "sha256": sha, "resize": resize}
     return Detector(name, net, dim, identity, device)
 
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 RESOLUTION = 299  # the TF graph's input size
+MIN_RESOLUTION = 75  # the smallest input whose valid convolutions and poolings leave a 1x1 map
 DIM = 2048  # pool3 features
 NUM_CLASSES = 1008  # the 2015-12-05 graph's softmax (fc kept so the published state dict loads strictly)
 
@@ -33,9 +34,9 @@ def resize_tf1_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return top + (bottom - top) * y_frac[:, None]
 
 
-def preprocess(images: torch.Tensor) -> torch.Tensor:
+def preprocess(images: torch.Tensor, resolution: int = RESOLUTION) -> torch.Tensor:
     """uint8-valued float NCHW RGB -> the network input: TF1 bilinear resize to 299, then (x - 128) / 128."""
-    x = resize_tf1_bilinear(images.float(), (RESOLUTION, RESOLUTION))
+    x = resize_tf1_bilinear(images.float(), (resolution, resolution))
     return (x - 128) / 128  # NVIDIA's detector / the TF graph's normalisation (DETECTORS-VAE-DATA 1.1)
 
 
@@ -161,8 +162,13 @@ class InceptionE(nn.Module):
 class InceptionV3(nn.Module):
     """The FID Inception-v3 with the published state-dict names (`Conv2d_1a_3x3.conv.weight`, ..., `fc.*`)."""
 
-    def __init__(self):
+    def __init__(self, resolution: int = RESOLUTION):
+        """`resolution` other than 299 (down to 75, the smallest input the graph accepts) is for random-init
+        offline demos only: it makes the detector ~16x cheaper at 75 but it is no longer the FID network."""
         super().__init__()
+        if not MIN_RESOLUTION <= resolution <= RESOLUTION:
+            raise ValueError(f"Inception resolution {resolution} outside [{MIN_RESOLUTION}, {RESOLUTION}]")
+        self.resolution = resolution
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, 3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, 3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, 3, padding=1)
@@ -197,7 +203,7 @@ class InceptionV3(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8-valued float NCHW RGB of any size -> [N, 2048] pool3 features."""
-        x = preprocess(images)
+        x = preprocess(images, self.resolution)
         for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3"):
             x = getattr(self, name)(x)
         x = F.max_pool2d(x, 3, stride=2)
