@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from common import write_result
 from edm2lib.data import open_dataset, prepare_dataset
 from edm2lib.data.codecs import sd_vae_description
 from edm2lib.data.dataset import LATENTS_FORMAT
@@ -72,7 +73,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--batches", type=int, default=30)
     ap.add_argument("--latents", type=int, default=2000, help="rows of the synthetic 4x64x64 latents file")
-    ap.add_argument("--out", default="bench/out/data.json")
+    ap.add_argument("--out", default="data", help="JSON path, or a name under bench/out/")
     args = ap.parse_args()
     torch.set_num_threads(1)  # as in a DataLoader worker; several threads thrash on a loaded 2-core machine
     rows: list[tuple[str, float, str]] = []
@@ -122,12 +123,8 @@ def main() -> None:
         "rows": [{"measure": n, "value": v, "unit": u} for n, v, u in rows],
         "prepare_speedup_2_workers": ratio,
         "loop_vs_fancy_index": loop / fancy,
-        "cpu_count": os.cpu_count(),
-        "load_avg_1min": os.getloadavg()[0],
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

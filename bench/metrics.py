@@ -13,18 +13,13 @@ disagreement. Prints a table and writes bench/out/metrics.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from common import write_result
 from edm2lib.metrics import FeatureStats, frechet_distance, frechet_distance_sqrtm, load_detector
-
-OUT = Path(__file__).resolve().parent / "out" / "metrics.json"
 
 
 def best_of(fn, repeats: int) -> float:
@@ -120,14 +115,8 @@ def main() -> None:
     result = {
         "detectors": rows,
         "frechet": fd,
-        "threads": args.threads,
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "load_average": os.getloadavg(),
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2))
-    print(f"wrote {OUT}")
+    write_result(result, "metrics")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Prints max |diff| per input size and writes bench/out/metrics_parity.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import types
@@ -23,11 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common import write_result
 from edm2lib.metrics import load_detector
 from edm2lib.metrics.dinov2 import MEAN, STD
 from edm2lib.metrics.weights import load_state_dict_strict
-
-OUT = Path(__file__).resolve().parent / "out" / "metrics_parity.json"
 
 
 def import_references(vendor: Path):
@@ -100,9 +98,7 @@ def main() -> None:
     print(f"{'detector':<10}{'input':>7}{'max|diff|':>12}{'relative':>12}")
     for r in rows:
         print(f"{r['detector']:<10}{r['input']:>7}{r['max_abs_diff']:>12.2e}{r['rel']:>12.2e}")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"rows": rows, "torch": torch.__version__}, indent=2))
-    print(f"wrote {OUT}")
+    write_result({"rows": rows}, "metrics_parity")
 
 
 if __name__ == "__main__":

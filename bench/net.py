@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
+from common import write_result
 from edm2lib.loss import edm2_loss
 from edm2lib.networks import Precond
 from edm2lib.presets import get_preset
@@ -157,21 +156,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(line + (f"  {r['mfu']:.1%}" if "mfu" in r else ""))
 
-    out = Path(args.out or Path(__file__).parent / "out" / f"net-{name}-{device.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "name": name,
         "network": network,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
         "batch": args.batch,
         "iters": args.iters,
         "rows": rows,
     }
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(result, args.out or f"net-{name}-{device.type}")
     return 0
 
 

@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import write_result
 from edm2lib import io
-
-OUT = Path(__file__).resolve().parent / "out" / "phema.json"
 
 
 def write_snapshots(directory: Path, times: int, params_m: float, rows: int = 1024) -> int:
@@ -224,9 +223,7 @@ def main() -> None:
     print(f"{'peak RSS, VmHWM (GB)':<40}{row['peak_rss_gb']:>14.3f}  < 1.5")
     print(f"{'  getrusage ru_maxrss (GB)':<40}{row['ru_maxrss_gb']:>14.3f}  (+ parent RSS at fork)")
     print(f"{'  of which imports alone (GB)':<40}{row['baseline_rss_gb']:>14.3f}")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    io.atomic_write_text(OUT, json.dumps(row, indent=2) + "\n")
-    print(f"wrote {OUT}")
+    write_result(row, "phema")
 
 
 if __name__ == "__main__":

@@ -13,22 +13,18 @@ batch 1, a short Heun run through `edm_sampler` (NFE 2N - 1) and, for pixel-spac
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from common import write_result
 from edm2lib.generate import generate
 from edm2lib.io import save_network
 from edm2lib.networks import Precond
 from edm2lib.presets import get_preset
 from edm2lib.sampler import count_nfe, edm_sampler, seed_noise_and_labels
-
-OUT = Path(__file__).resolve().parent / "out" / "sample.json"
 
 
 def best_of(fn, repeats: int) -> float:
@@ -110,14 +106,8 @@ def main() -> None:
         )
     result = {
         "rows": rows,
-        "threads": args.threads,
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "load_average": os.getloadavg(),
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2))
-    print(f"wrote {OUT}")
+    write_result(result, "sample")
 
 
 if __name__ == "__main__":

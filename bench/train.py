@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import tempfile
 import time
@@ -27,14 +25,13 @@ import h5py
 import numpy as np
 import torch
 
+from common import write_result
 from edm2lib.data.codecs import sd_vae_description
 from edm2lib.data.dataset import IMAGES_FORMAT, LATENTS_FORMAT
 from edm2lib.presets import get_preset
 from edm2lib.training.config import TrainConfig
 from edm2lib.training.loop import Trainer
 from edm2lib.training.loss import draw_noise
-
-OUT = Path(__file__).resolve().parent / "out" / "train.json"
 
 
 def make_dataset(path: Path, network: dict, n: int = 256) -> Path:
@@ -129,11 +126,7 @@ def main() -> None:
             f"{r['loader_headroom']:>8.0f}x "
             f"{r['peak_rss_gib']:>13.2f}"
         )
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    info = {"torch": torch.__version__, "threads": args.threads, "cpus": os.cpu_count()}
-    info["cpu"] = platform.processor() or platform.machine()
-    OUT.write_text(json.dumps({"machine": info, "steps": args.steps, "results": rows}, indent=1) + "\n")
-    print(f"wrote {OUT}")
+    write_result({"steps": args.steps, "results": rows}, "train")
 
 
 if __name__ == "__main__":
