@@ -1,10 +1,11 @@
-"""What every benchmark shares: the machine it ran on and an atomic JSON result under bench/out/."""
+"""What every benchmark shares: best-of timing, the machine it ran on, an atomic JSON result in bench/out/."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,17 @@ def machine() -> dict[str, Any]:
         "gpu": gpu,
         "load_average": os.getloadavg(),
     }
+
+
+def best_of(fn, repeats: int) -> float:
+    """Fastest of `repeats` timed calls (after one warm-up call): the least disturbed by other load."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def write_result(result: dict[str, Any], path: str | os.PathLike) -> Path:

@@ -18,19 +18,8 @@ import time
 import numpy as np
 import torch
 
-from common import write_result
+from common import best_of, write_result
 from edm2lib.metrics import FeatureStats, frechet_distance, frechet_distance_sqrtm, load_detector
-
-
-def best_of(fn, repeats: int) -> float:
-    """Fastest of `repeats` timed calls (after one warm-up call): the least disturbed by other load."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def timed(fn) -> tuple[float, float]:

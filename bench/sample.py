@@ -14,28 +14,16 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from common import write_result
+from common import best_of, write_result
 from edm2lib.generate import generate
 from edm2lib.io import save_network
 from edm2lib.networks import Precond
 from edm2lib.presets import get_preset
 from edm2lib.sampler import count_nfe, edm_sampler, seed_noise_and_labels
-
-
-def best_of(fn, repeats: int) -> float:
-    """Fastest of `repeats` timed calls (after one warm-up call): the least disturbed by other load."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def bench_preset(name: str, steps: int, batch: int, repeats: int) -> dict:

@@ -23,3 +23,12 @@ def reference_dir() -> Path:
 def tiny_reference(reference_dir: Path) -> dict:
     """The official tiny network's config, weights, inputs and outputs (edm2-net-tiny.pt)."""
     return torch.load(reference_dir / "edm2-net-tiny.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny networks run fastest on one thread (and so do the rank processes they spawn)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

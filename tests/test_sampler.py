@@ -8,14 +8,7 @@ import torch
 
 from edm2lib.sampler import count_nfe, edm_sampler, evaluation_sigmas, seed_noise_and_labels, step_sigmas
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small networks run fastest on one thread, most of all on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class GaussianDenoiser(torch.nn.Module):
