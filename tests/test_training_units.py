@@ -236,7 +236,7 @@ def test_latent_data_draws_a_fresh_sample_per_example_and_trains(tmp_path):
     assert x.shape == (4, 4, 8, 8) and y.shape == (4, 3)
     assert torch.equal(x[1:], x_tail) and torch.equal(y[1:], y_tail)  # per-example seeds: split-invariant
     index = trainer.sampler.positions(20, 1)[0]
-    mean = torch.from_numpy(trainer.dataset._read("mean", [index]))
+    mean = trainer.dataset.raw([index])[:, :4]
     assert not torch.equal(
         x[:1], trainer.dataset.codec.encode_batch(torch.cat([mean, 0 * mean], 1))
     )  # sampled

@@ -109,11 +109,14 @@ class VAECodec:
         if isinstance(generator, Sequence):
             if len(generator) != len(mean):
                 raise ValueError(f"{len(generator)} generators for a batch of {len(mean)}")
-            noise = torch.cat([_randn(mean.shape[1:], g, self.device)[None] for g in generator])
+            noise = torch.empty(mean.shape, device=generator[0].device if generator else self.device)
+            for row, g in zip(noise, generator):
+                torch.randn(row.shape, generator=g, device=g.device, out=row)
+            noise = noise.to(self.device)
         else:
             noise = _randn(mean.shape, generator, self.device)
-        z = mean + std * noise  # EDM2-FACTS 6.6: sample the posterior anew on every use
-        return z * self._per_channel(self.scale, z.device) + self._per_channel(self.bias, z.device)
+        z = torch.addcmul(mean, std, noise)  # EDM2-FACTS 6.6: sample the posterior anew on every use
+        return z.mul_(self._per_channel(self.scale, z.device)).add_(self._per_channel(self.bias, z.device))
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Network-space latents [B,4,h,w] -> uint8 [B,H,W,3] on the CPU (EDM2-FACTS 6.6)."""

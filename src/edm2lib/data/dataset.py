@@ -83,15 +83,17 @@ class _H5Dataset:
             )
         return idx % max(len(self), 1)
 
-    def _read(self, name: str, idx: np.ndarray) -> np.ndarray:
-        # each needed row once, in file order, one chunk read per row: h5py's fancy indexing with an
+    def _read(self, name: str, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows `idx` of dataset `name`, into `out` (cast to its dtype) if given, else a new array."""
+        # one chunk read per row, in file order, straight into place: h5py's fancy indexing with an
         # index list is about 100x slower for per-row chunks (bench/data.py)
         dset = self._h5()[name]
-        uniq, inverse = np.unique(idx, return_inverse=True)
-        out = np.empty((len(uniq), *dset.shape[1:]), dtype=dset.dtype)
-        for j, i in enumerate(uniq.tolist()):
-            out[j] = dset[i]
-        return out[inverse]
+        if out is None:
+            out = np.empty((len(idx), *dset.shape[1:]), dtype=dset.dtype)
+        rows = idx.tolist()
+        for j in np.argsort(idx, kind="stable").tolist():
+            out[j] = dset[rows[j]]
+        return out
 
     def labels(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
         """One-hot float32 [B, label_dim] (width 0 when unlabelled)."""
@@ -160,9 +162,10 @@ class LatentDataset(_H5Dataset):
     def raw(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
         """float32 [B,8,h,w] = mean||std, the input of the VAE codec."""
         idx = self._index(indices)
-        mean = torch.from_numpy(self._read("mean", idx)).float()
-        std = torch.from_numpy(self._read("std", idx)).float()
-        return torch.cat([mean, std], dim=1)
+        out = np.empty((len(idx), 2 * self.shape[1], *self.shape[2:]), dtype=np.float32)
+        self._read("mean", idx, out[:, : self.shape[1]])
+        self._read("std", idx, out[:, self.shape[1] :])
+        return torch.from_numpy(out)
 
 
 def open_dataset(path: str | os.PathLike) -> ImageDataset | LatentDataset:
