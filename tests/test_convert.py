@@ -225,3 +225,37 @@ def test_nimg_is_recovered_from_kimg_only_when_unique():
     assert nimg_from_kimg(1023) is None  # no multiple of 1024 in [1023000, 1023999]
     assert parse_name("edm2-img512-xs-2147483-0.135.pkl")["nimg"] == 2147483648
     assert parse_name("model.pkl") == {}
+
+
+def test_converted_official_raw_snapshots_feed_the_posthoc_reconstruction(
+    write_official, tiny_reference, tmp_path
+):
+    """Issue 4: official raw snapshot pickles enter post-hoc EMA through the code-free converter."""
+    from safetensors.torch import load_file
+
+    from edm2lib.phema import posthoc_coefficients
+    from edm2lib.reconstruct import reconstruct
+
+    (tmp_path / "raw").mkdir()
+    layout = [(8388, 0.05), (8388, 0.10), (16777, 0.05), (16777, 0.10)]  # kimg of 8 Mi and 16 Mi images
+    for i, (kimg, std) in enumerate(layout):
+        net = Precond(**tiny_reference["config"])
+        net.load_state_dict(tiny_reference["state_dict"])
+        with torch.no_grad():
+            for p in net.parameters():
+                p.mul_(1 + 0.25 * i)  # four distinguishable snapshots
+        write_official(tmp_path / "raw" / f"network-snapshot-{kimg:07d}-{std:.3f}.pkl", net)
+    assert main([*map(str, sorted((tmp_path / "raw").iterdir())), str(tmp_path / "snapshots")]) == 0
+
+    [out] = reconstruct(tmp_path / "snapshots", [0.07], out_dir=tmp_path / "phema", dtype=torch.float32)
+    meta = io.read_network_meta(out)
+    assert (meta["nimg"], meta["sigma_rel"]) == (16 * 2**20, 0.07)
+    coeffs = posthoc_coefficients([8 * 2**20] * 2 + [16 * 2**20] * 2, [0.05, 0.10] * 2, 16 * 2**20, [0.07])
+    inputs = [
+        load_file(str(tmp_path / "snapshots" / f"network-snapshot-{k:07d}-{s:.3f}.safetensors"))
+        for k, s in layout
+    ]
+    result = load_file(str(out))
+    expected = sum(c * x["unet.out_conv.weight"].float() for c, x in zip(coeffs[:, 0], inputs))
+    torch.testing.assert_close(result["unet.out_conv.weight"], expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(result["unet.emb_fourier.freqs"], inputs[-1]["unet.emb_fourier.freqs"].float())

@@ -53,14 +53,17 @@ def output_name(nimg: int, sigma_rel: float) -> str:
 
 
 def find_snapshots(directory: str | os.PathLike) -> list[Path]:
-    """The `snapshot-*.safetensors` files of a directory (temporary files are hidden and skipped)."""
+    """The `snapshot-*.safetensors` files of a directory, converted official `network-snapshot-*` ones
+    included (temporary files are hidden and skipped)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: snapshot directory not found")
-    paths = sorted(directory.glob("snapshot-*.safetensors"))
+    found = directory.glob("*snapshot-*.safetensors")
+    paths = sorted(p for p in found if p.name.startswith(("snapshot-", "network-snapshot-")))
     if not paths:
         raise FileNotFoundError(
-            f"{directory}: no snapshot-*.safetensors files; train with EMA snapshots first"
+            f"{directory}: no snapshot-*.safetensors files; train with EMA snapshots first "
+            "(or convert official network-snapshot-*.pkl files with python -m edm2lib.convert)"
         )
     return paths
 
