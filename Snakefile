@@ -1,5 +1,5 @@
 # edm2lib pipeline: raw images -> results/fid_table.csv (docs/pipeline.md; keys in config/README.md).
-from edm2lib.pipeline import validate_config
+from edm2lib.pipeline.config import validate_config
 
 configfile: "config/config.yaml"
 validate_config(config, workflow.source_path("workflow/schemas/config.schema.yaml"))

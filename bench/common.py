@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from edm2lib.io import atomic_write_text
+from edm2lib.files import atomic_write_text
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 

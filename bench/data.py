@@ -22,8 +22,8 @@ from PIL import Image
 
 from common import write_result
 from edm2lib.data import open_dataset, prepare_dataset
-from edm2lib.data.codecs import sd_vae_description
 from edm2lib.data.dataset import LATENTS_FORMAT
+from edm2lib.data.encoders import sd_vae_description
 
 
 def make_jpegs(root: Path, n: int, size: int, classes: int = 10) -> None:

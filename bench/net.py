@@ -20,9 +20,9 @@ import time
 import torch
 
 from common import write_result
-from edm2lib.loss import edm2_loss
-from edm2lib.networks import Precond
-from edm2lib.presets import get_preset
+from edm2lib.nn.networks import Precond
+from edm2lib.nn.presets import get_preset
+from edm2lib.training.loss import edm2_loss
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -98,7 +98,7 @@ def run(network: dict, mode: str, dtype: str, device: torch.device, batch: int, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="edm2-tiny", help="edm2lib.presets name")
+    parser.add_argument("--preset", default="edm2-tiny", help="edm2lib.nn.presets name")
     parser.add_argument("--config", default=None, help="JSON Precond keywords instead of a preset")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--batch", type=int, default=8)

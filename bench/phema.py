@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from common import write_result
-from edm2lib import io
+from edm2lib import files
 
 
 def write_snapshots(directory: Path, times: int, params_m: float, rows: int = 1024) -> int:
@@ -41,7 +41,7 @@ def write_snapshots(directory: Path, times: int, params_m: float, rows: int = 10
         for j, sigma_rel in enumerate((0.05, 0.10)):
             sd = {n: (v + (k + j) * 1e-3 if n.startswith("block") else v) for n, v in base.items()}
             sd["seen"] = torch.tensor(k * step // 64)
-            io.save_network(
+            files.save_network(
                 directory / f"snapshot-{k * step:012d}-{sigma_rel:.3f}.safetensors",
                 sd,
                 {"kind": "synthetic", "params": n_params},
@@ -85,7 +85,7 @@ def child(snap_dir: str, out_dir: str, grid: int, threads: int) -> None:
     torch.set_num_threads(threads)
     from safetensors import safe_open
 
-    from edm2lib import reconstruct as rec
+    from edm2lib.phema import reconstruct as rec
 
     read = [0]
 
@@ -127,7 +127,8 @@ def child(snap_dir: str, out_dir: str, grid: int, threads: int) -> None:
     outs = rec.reconstruct(snap_dir, sigmas, out_dir=out_dir, progress=False)
     wall = time.perf_counter() - start
     errors = {
-        f"{io.read_network_meta(p)['sigma_rel']:.3f}": io.read_network_meta(p)["profile_error"] for p in outs
+        f"{files.read_network_meta(p)['sigma_rel']:.3f}": files.read_network_meta(p)["profile_error"]
+        for p in outs
     }
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # includes the parent's RSS at fork
     hwm = int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) * 1024  # this process only
@@ -148,7 +149,10 @@ def child(snap_dir: str, out_dir: str, grid: int, threads: int) -> None:
 
 def baseline_rss() -> int:
     """Peak RSS of a subprocess that only imports torch, safetensors and edm2lib.reconstruct."""
-    code = "import resource, edm2lib.reconstruct; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    code = (
+        "import resource, edm2lib.phema.reconstruct; "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
     return (
         int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
         * 1024

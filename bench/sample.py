@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from common import best_of, write_result
-from edm2lib.generate import generate
-from edm2lib.io import save_network
-from edm2lib.networks import Precond
-from edm2lib.presets import get_preset
-from edm2lib.sampler import count_nfe, edm_sampler, seed_noise_and_labels
+from edm2lib.files import save_network
+from edm2lib.nn.networks import Precond
+from edm2lib.nn.presets import get_preset
+from edm2lib.sampling.generate import generate
+from edm2lib.sampling.heun import count_nfe, edm_sampler, seed_noise_and_labels
 
 
 def bench_preset(name: str, steps: int, batch: int, repeats: int) -> dict:

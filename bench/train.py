@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from common import write_result
-from edm2lib.data.codecs import sd_vae_description
 from edm2lib.data.dataset import IMAGES_FORMAT, LATENTS_FORMAT
-from edm2lib.presets import get_preset
+from edm2lib.data.encoders import sd_vae_description
+from edm2lib.nn.presets import get_preset
 from edm2lib.training.config import TrainConfig
 from edm2lib.training.loop import Trainer
 from edm2lib.training.loss import draw_noise

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from edm2lib import io
-from edm2lib.convert import main, nimg_from_kimg, parse_name
-from edm2lib.networks import Precond
-from edm2lib.official_pickle import ALLOWED_GLOBALS, UnsafePickleError, load_official_pickle
+from edm2lib import files
+from edm2lib.nn.networks import Precond
+from edm2lib.official.convert import main, nimg_from_kimg, parse_name
+from edm2lib.official.unpickler import ALLOWED_GLOBALS, UnsafePickleError, load_official_pickle
 
 
 def _stub_reconstruct(meta):
@@ -110,7 +110,7 @@ def test_official_layout_pickle_converts_to_an_equivalent_network_file(
         monkeypatch.delitem(sys.modules, name)  # the reader must not need (or import) them
     assert main([str(src), str(tmp_path / "out")]) == 0
     out = tmp_path / "out" / "network-snapshot-2147483-0.135.safetensors"
-    net, meta = io.load_network(out)
+    net, meta = files.load_network(out)
     assert not write_official.marker.exists()  # module_src was never executed
     assert "torch_utils.persistence" not in sys.modules and "dnnlib.util" not in sys.modules
     assert meta["config"] == Precond(**tiny_reference["config"]).config
@@ -151,7 +151,7 @@ def test_the_stub_layout_references_exactly_the_documented_globals(write_officia
 def test_vae_encoder_constants_are_recovered(write_official, ref_net, tmp_path):
     src = write_official(tmp_path / "phema-0134217-0.050.pkl", ref_net, encoder="sd-vae")
     assert main([str(src), str(tmp_path / "out")]) == 0
-    meta = io.read_network_meta(tmp_path / "out" / "phema-0134217-0.050.safetensors")
+    meta = files.read_network_meta(tmp_path / "out" / "phema-0134217-0.050.safetensors")
     enc = meta["encoder"]
     assert enc["kind"] == "sd-vae" and enc["vae"] == "stabilityai/sd-vae-ft-mse"
     assert np.allclose(enc["raw_mean"], [5.81, 3.25, 0.12, -2.15], atol=1e-5)
@@ -233,8 +233,8 @@ def test_converted_official_raw_snapshots_feed_the_posthoc_reconstruction(
     """Issue 4: official raw snapshot pickles enter post-hoc EMA through the code-free converter."""
     from safetensors.torch import load_file
 
-    from edm2lib.phema import posthoc_coefficients
-    from edm2lib.reconstruct import reconstruct
+    from edm2lib.phema.profiles import posthoc_coefficients
+    from edm2lib.phema.reconstruct import reconstruct
 
     (tmp_path / "raw").mkdir()
     layout = [(8388, 0.05), (8388, 0.10), (16777, 0.05), (16777, 0.10)]  # kimg of 8 Mi and 16 Mi images
@@ -248,7 +248,7 @@ def test_converted_official_raw_snapshots_feed_the_posthoc_reconstruction(
     assert main([*map(str, sorted((tmp_path / "raw").iterdir())), str(tmp_path / "snapshots")]) == 0
 
     [out] = reconstruct(tmp_path / "snapshots", [0.07], out_dir=tmp_path / "phema", dtype=torch.float32)
-    meta = io.read_network_meta(out)
+    meta = files.read_network_meta(out)
     assert (meta["nimg"], meta["sigma_rel"]) == (16 * 2**20, 0.07)
     coeffs = posthoc_coefficients([8 * 2**20] * 2 + [16 * 2**20] * 2, [0.05, 0.10] * 2, 16 * 2**20, [0.07])
     inputs = [

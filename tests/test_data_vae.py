@@ -12,8 +12,8 @@ from PIL import Image
 import edm2lib.data.encode as encode_mod
 from edm2lib.data import encode_dataset, make_codec, open_dataset, prepare_dataset, sd_vae_description
 from edm2lib.data.encode import part_path
-from edm2lib.data.vae import encode_pixels, load_vae
-from edm2lib.io import sha256_file
+from edm2lib.data.encoders import encode_pixels, load_vae
+from edm2lib.files import sha256_file
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from edm2lib import io
-from edm2lib.ema import PowerFunctionEMA
-from edm2lib.phema import gamma_to_sigma_rel, sigma_rel_to_gamma
+from edm2lib import files
+from edm2lib.phema.ema import PowerFunctionEMA
+from edm2lib.phema.profiles import gamma_to_sigma_rel, sigma_rel_to_gamma
 
 
 class Toy(torch.nn.Module):
@@ -103,7 +103,7 @@ def test_snapshot_has_ema_parameters_and_live_buffers(tmp_path):
         "snapshot-000000000100-0.050.safetensors",
         "snapshot-000000000100-0.100.safetensors",
     ]
-    meta = io.read_network_meta(paths[1])
+    meta = files.read_network_meta(paths[1])
     assert meta["nimg"] == 100 and meta["sigma_rel"] == 0.1 and meta["config"] == {"n": 4}
     assert meta["gamma"] == pytest.approx(6.9372, abs=1e-4) and meta["encoder"] == {"kind": "pixels"}
     assert meta["buffers"] == ["norm.running_mean", "norm.running_var", "norm.num_batches_tracked"]

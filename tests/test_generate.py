@@ -9,11 +9,11 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
-from edm2lib.data.codecs import PixelCodec, sd_vae_description
-from edm2lib.generate import generate, rank_batches
-from edm2lib.io import save_network, sha256_file
-from edm2lib.networks import Precond
-from edm2lib.sampler import count_nfe, edm_sampler, seed_noise_and_labels
+from edm2lib.data.encoders import PixelCodec, sd_vae_description
+from edm2lib.files import save_network, sha256_file
+from edm2lib.nn.networks import Precond
+from edm2lib.sampling.generate import generate, rank_batches
+from edm2lib.sampling.heun import count_nfe, edm_sampler, seed_noise_and_labels
 
 SEEDS = list(range(16))
 STEPS = 4

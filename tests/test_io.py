@@ -5,12 +5,12 @@ import os
 import pytest
 import torch
 
-from edm2lib import io
+from edm2lib import files
 
 
 def test_atomic_path_leaves_nothing_when_the_block_fails(tmp_path):
     target = tmp_path / "out.bin"
-    with pytest.raises(RuntimeError), io.atomic_path(target) as tmp:
+    with pytest.raises(RuntimeError), files.atomic_path(target) as tmp:
         tmp.write_bytes(b"partial")
         raise RuntimeError("killed")
     assert not target.exists()
@@ -19,48 +19,48 @@ def test_atomic_path_leaves_nothing_when_the_block_fails(tmp_path):
 
 def test_atomic_path_keeps_suffix_and_renames(tmp_path):
     target = tmp_path / "sub" / "x.npz"
-    with io.atomic_path(target) as tmp:
+    with files.atomic_path(target) as tmp:
         assert tmp.name.endswith(".npz") and tmp.parent == target.parent
         tmp.write_bytes(b"abc")
     assert target.read_bytes() == b"abc"
-    assert io.sha256_file(target) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert files.sha256_file(target) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
 
 def test_atomic_dir_refuses_existing_and_cleans_up(tmp_path):
-    with pytest.raises(ValueError), io.atomic_dir(tmp_path / "ckpt") as d:
+    with pytest.raises(ValueError), files.atomic_dir(tmp_path / "ckpt") as d:
         (d / "a.txt").write_text("x")
         raise ValueError
     assert list(tmp_path.iterdir()) == []
-    with io.atomic_dir(tmp_path / "ckpt") as d:
+    with files.atomic_dir(tmp_path / "ckpt") as d:
         (d / "a.txt").write_text("x")
     assert (tmp_path / "ckpt" / "a.txt").read_text() == "x"
-    with pytest.raises(FileExistsError), io.atomic_dir(tmp_path / "ckpt"):
+    with pytest.raises(FileExistsError), files.atomic_dir(tmp_path / "ckpt"):
         pass
 
 
 def test_tensors_and_metadata_round_trip(tmp_path):
     path = tmp_path / "t.safetensors"
-    io.save_tensors(path, {"w": torch.arange(6.0).view(2, 3)}, {"nimg": 1 << 40, "sigma_rel": 0.05})
-    assert io.read_meta(path) == {"nimg": 1 << 40, "sigma_rel": 0.05}
+    files.save_tensors(path, {"w": torch.arange(6.0).view(2, 3)}, {"nimg": 1 << 40, "sigma_rel": 0.05})
+    assert files.read_meta(path) == {"nimg": 1 << 40, "sigma_rel": 0.05}
     with pytest.raises(ValueError, match="not a network file"):
-        io.read_network_meta(path)
+        files.read_network_meta(path)
 
 
 def test_read_meta_names_bad_files(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"missing\.safetensors"):
-        io.read_meta(tmp_path / "missing.safetensors")
+        files.read_meta(tmp_path / "missing.safetensors")
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 3)
     with pytest.raises(ValueError, match=r"junk\.safetensors"):
-        io.read_meta(junk)
+        files.read_meta(junk)
 
 
 def test_atomic_outputs_get_the_umask_mode_not_the_tempfile_mode(tmp_path):
     old = os.umask(0o022)
     try:
-        with io.atomic_path(tmp_path / "f.bin") as tmp:
+        with files.atomic_path(tmp_path / "f.bin") as tmp:
             tmp.write_bytes(b"x")
-        with io.atomic_dir(tmp_path / "d"):
+        with files.atomic_dir(tmp_path / "d"):
             pass
     finally:
         os.umask(old)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from edm2lib.layers import MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize, resample
+from edm2lib.nn.layers import MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize, resample
 
 N = 1 << 20  # a large unit-variance sample: the std estimate is good to ~0.1%
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edm2lib.io import sha256_file
+from edm2lib.files import sha256_file
 from edm2lib.metrics import WEIGHTS, load_detector, load_nvidia_inception_pkl
 from edm2lib.metrics.dinov2 import DINOv2
 from edm2lib.metrics.inception import InceptionV3, resize_tf1_bilinear

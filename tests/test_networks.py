@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from edm2lib.layers import normalize
-from edm2lib.loss import edm2_loss
-from edm2lib.networks import Block, Precond
+from edm2lib.nn.layers import normalize
+from edm2lib.nn.networks import Block, Precond
+from edm2lib.training.loss import edm2_loss
 
 TOL = 1e-5
 

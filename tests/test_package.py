@@ -23,4 +23,4 @@ def test_import_is_lazy_and_unknown_names_fail_clearly():
 def test_precond_builds_from_the_top_level_name():
     kwargs = dict(model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8])
     net = edm2lib.Precond(16, 3, 0, **kwargs)
-    assert isinstance(net, edm2lib.networks.Precond)
+    assert isinstance(net, edm2lib.nn.networks.Precond)

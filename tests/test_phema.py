@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.integrate import quad
 
-from edm2lib import phema
+from edm2lib.phema import profiles as phema
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,8 @@ import time
 import pytest
 import yaml
 
-from edm2lib import pipeline, report
+from edm2lib.pipeline import config as pipeline
+from edm2lib.pipeline import table as report
 from pipeline_helpers import ROOT, job_counts, snakemake
 
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -116,7 +117,7 @@ def test_autoguidance_target_joins_the_run_own_reconstructions():
 
 
 def test_training_config_maps_run_keys_and_unconditional_runs():
-    from edm2lib.steps import training_config
+    from edm2lib.pipeline.steps import training_config
     from edm2lib.training.config import TrainConfig
 
     config = check(load("imagenet512.yaml"))

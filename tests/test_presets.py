@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from edm2lib.networks import Precond
-from edm2lib.presets import PRESETS, get_preset
+from edm2lib.nn.networks import Precond
+from edm2lib.nn.presets import PRESETS, get_preset
 
 # EDM2-FACTS 3: counted with the official Precond on the meta device (label_dim 1000, and 0).
 PARAMS = {

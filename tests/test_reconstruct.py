@@ -10,9 +10,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from edm2lib import io
-from edm2lib import reconstruct as rec
-from edm2lib.ema import PowerFunctionEMA
+from edm2lib import files
+from edm2lib.phema import reconstruct as rec
+from edm2lib.phema.ema import PowerFunctionEMA
 
 TRUE_SIGMA_RELS = (0.05, 0.10, 0.15, 0.20)
 BATCH, STEPS, EVERY = 4, 1600, 100  # 16 snapshot times x 2 tracked profiles
@@ -90,7 +90,7 @@ def test_reconstruction_matches_online_emas_for_the_whole_grid(trained, tmp_path
         snapshot = load_file(snap_dir / f"snapshot-{t:012d}-0.100.safetensors")
         for buf in ("running_mean", "seen"):
             assert torch.equal(got[buf], snapshot[buf])  # buffers come from the last input used
-        meta = io.read_network_meta(path)
+        meta = files.read_network_meta(path)
         assert (meta["nimg"], meta["sigma_rel"], meta["encoder"]) == (t, s, {"kind": "pixels"})
         assert meta["gamma"] > 0 and 0 <= meta["profile_error"] < (0.1 if t == times[0] else 0.03)
         assert len(meta["source"]) == 2 * t // (EVERY * BATCH)  # only snapshots at or before t
@@ -177,7 +177,7 @@ def test_a_kill_mid_reconstruction_leaves_nothing_that_looks_complete(trained, t
     snap_dir, _, _ = trained
     script = textwrap.dedent(f"""
         import os, signal
-        from edm2lib import reconstruct as rec
+        from edm2lib.phema import reconstruct as rec
         real, calls = rec._Mixer.mix, []
         def killer(*args):
             calls.append(1)
@@ -216,8 +216,8 @@ def test_cli_writes_the_grid_and_a_profile_plot(trained, tmp_path, capsys):
     ]
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     assert "profile_error=" in capsys.readouterr().out
-    net_meta = io.read_network_meta(tmp_path / "out" / "phema-000000006400-0.070.safetensors")
-    assert net_meta["format"] == io.NETWORK_FORMAT and net_meta["config"] == {}
+    net_meta = files.read_network_meta(tmp_path / "out" / "phema-000000006400-0.070.safetensors")
+    assert net_meta["format"] == files.NETWORK_FORMAT and net_meta["config"] == {}
 
 
 def _snapshots(directory: Path, shapes=None, times=(100, 200)) -> list[Path]:
@@ -233,7 +233,9 @@ def test_mismatched_shapes_and_keys_name_the_file_and_key(tmp_path):
     with pytest.raises(ValueError, match=r"snapshot-000000000300-0\.050\.safetensors: key weight"):
         rec.reconstruct(paths, 0.07, out_dir=tmp_path / "out", progress=False)
     odd = tmp_path / "c" / "snapshot-000000000300-0.050.safetensors"
-    io.save_network(odd, {"weight": torch.zeros(2, 3), "extra": torch.zeros(1)}, {}, nimg=300, sigma_rel=0.05)
+    files.save_network(
+        odd, {"weight": torch.zeros(2, 3), "extra": torch.zeros(1)}, {}, nimg=300, sigma_rel=0.05
+    )
     with pytest.raises(
         ValueError, match=r"000300-0\.050\.safetensors: tensor keys differ.*missing \['bias'\]"
     ):
@@ -256,7 +258,7 @@ def test_bad_inputs_and_targets_are_rejected(tmp_path):
     with pytest.raises(ValueError, match=r"plain\.safetensors"):
         rec.reconstruct([*paths, plain], 0.07, out_dir=tmp_path / "o", progress=False)
     raw = tmp_path / "raw.safetensors"
-    io.save_network(raw, {"weight": torch.zeros(2, 3), "bias": torch.zeros(2)}, {}, nimg=300)
+    files.save_network(raw, {"weight": torch.zeros(2, 3), "bias": torch.zeros(2)}, {}, nimg=300)
     with pytest.raises(ValueError, match=r"raw\.safetensors.*not an EMA snapshot"):
         rec.reconstruct([*paths, raw], 0.07, out_dir=tmp_path / "o", progress=False)
     with pytest.raises(FileNotFoundError, match="nowhere"):
@@ -265,7 +267,7 @@ def test_bad_inputs_and_targets_are_rejected(tmp_path):
 
 
 def test_reconstructed_precond_loads_as_a_network_with_its_buffers(tiny_reference, tmp_path):
-    from edm2lib.networks import Precond
+    from edm2lib.nn.networks import Precond
 
     net = Precond(**tiny_reference["config"])
     ema = PowerFunctionEMA(net)
@@ -276,7 +278,7 @@ def test_reconstructed_precond_loads_as_a_network_with_its_buffers(tiny_referenc
         ema.update(net, k * 64, 64)
         ema.save_snapshots(tmp_path / "snapshots", net, k * 64, encoder={"kind": "pixels"})
     (out,) = rec.reconstruct(tmp_path / "snapshots", 0.07, out_dir=tmp_path / "phema", progress=False)
-    loaded, meta = io.load_network(out)
+    loaded, meta = files.load_network(out)
     assert meta["config"] == net.config and meta["nimg"] == 256 and meta["encoder"] == {"kind": "pixels"}
     for name, buf in net.named_buffers():
         assert torch.equal(loaded.get_buffer(name), buf.half().float())

@@ -6,7 +6,13 @@ import math
 import pytest
 import torch
 
-from edm2lib.sampler import count_nfe, edm_sampler, evaluation_sigmas, seed_noise_and_labels, step_sigmas
+from edm2lib.sampling.heun import (
+    count_nfe,
+    edm_sampler,
+    evaluation_sigmas,
+    seed_noise_and_labels,
+    step_sigmas,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,7 +54,7 @@ class Nonlinear(GaussianDenoiser):
 
 
 def test_sampler_reproduces_official_4_step_heun_run(tiny_reference):
-    from edm2lib.networks import Precond
+    from edm2lib.nn.networks import Precond
 
     ref = tiny_reference
     net = Precond(**ref["config"]).eval().requires_grad_(False)

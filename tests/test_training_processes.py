@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from edm2lib.networks import Precond
+from edm2lib.nn.networks import Precond
 from edm2lib.training import checkpoint
 from edm2lib.training.preempt import EXIT_PREEMPTED
 from training_fixtures import free_port, launch, tiny_config

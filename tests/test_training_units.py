@@ -8,14 +8,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from edm2lib.loss import edm2_loss
-from edm2lib.networks import Precond
+from edm2lib import distributed
+from edm2lib.nn.networks import Precond
 from edm2lib.training import __main__ as cli
-from edm2lib.training import checkpoint, distributed, loop, preempt
+from edm2lib.training import checkpoint, loop, preempt
 from edm2lib.training.config import TrainConfig
-from edm2lib.training.data_sampler import ShardedSampler, make_generator
-from edm2lib.training.loss import draw_noise
-from edm2lib.training.schedule import learning_rate
+from edm2lib.training.loss import draw_noise, edm2_loss, learning_rate
+from edm2lib.training.stream import ShardedSampler, make_generator
 from training_fixtures import TINY_NET, tiny_config, write_latents
 
 torch.set_num_threads(1)

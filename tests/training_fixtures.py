@@ -12,8 +12,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from edm2lib.data.codecs import sd_vae_description
 from edm2lib.data.dataset import IMAGES_FORMAT, LATENTS_FORMAT
+from edm2lib.data.encoders import sd_vae_description
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_NET = dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])

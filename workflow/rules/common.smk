@@ -1,5 +1,5 @@
 # Paths and input functions shared by the rules; the config logic itself lives in edm2lib.pipeline.
-from edm2lib import pipeline
+from edm2lib.pipeline import config as pipeline
 
 DATA = f"data/{config['data']['name']}"
 POINTS = pipeline.points(config)

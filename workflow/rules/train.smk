@@ -36,4 +36,4 @@ rule train:
         runtime=1440,
     shell:
         "(${{SLURM_JOB_ID:+{params.launch}}} python -m edm2lib.training --config {input.config}"
-        " && python -m edm2lib.steps trained {input.config} {output.trained}) >> {log} 2>&1"
+        " && python -m edm2lib.pipeline.steps trained {input.config} {output.trained}) >> {log} 2>&1"

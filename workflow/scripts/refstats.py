@@ -1,7 +1,7 @@
-"""Snakemake script: real images -> reference feature statistics of one detector (edm2lib.report)."""
+"""Snakemake script: real images -> reference feature statistics of one detector (edm2lib.pipeline.table)."""
 
-from edm2lib.report import reference_stats
-from edm2lib.steps import run_step
+from edm2lib.pipeline.steps import run_step
+from edm2lib.pipeline.table import reference_stats
 
 sm = snakemake  # noqa: F821 (injected by Snakemake's `script:` directive)
 run_step(

@@ -1,7 +1,7 @@
-"""Snakemake script: one seed block of one point -> samples HDF5 + PNG grid (edm2lib.generate.generate)."""
+"""Snakemake script: one seed block of one point -> samples HDF5 + PNG grid (edm2lib.sampling.generate)."""
 
-from edm2lib.generate import generate
-from edm2lib.steps import default_device, run_step
+from edm2lib.pipeline.steps import default_device, run_step
+from edm2lib.sampling.generate import generate
 
 sm = snakemake  # noqa: F821 (injected by Snakemake's `script:` directive)
 first, end = sm.params.seeds

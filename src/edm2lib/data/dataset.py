@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import torch
 
-from edm2lib.data.codecs import Codec, make_codec, parse_encoder
+from edm2lib.data.encoders import Codec, make_codec, parse_encoder
 
 IMAGES_FORMAT = "edm2lib.images/1"  # attrs["format"] of images.h5
 LATENTS_FORMAT = "edm2lib.latents/1"  # attrs["format"] of latents.h5

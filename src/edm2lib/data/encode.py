@@ -13,10 +13,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from edm2lib.data.codecs import SD_VAE_ID, sd_vae_description
 from edm2lib.data.dataset import LATENTS_FORMAT, ImageDataset, open_dataset
-from edm2lib.data.vae import encode_pixels, load_vae, vae_identity
-from edm2lib.io import atomic_path, fsync_dir
+from edm2lib.data.encoders import SD_VAE_ID, encode_pixels, load_vae, sd_vae_description, vae_identity
+from edm2lib.files import atomic_path, fsync_dir
 
 COPY_ROWS = 1024  # rows per copy when assembling the parts
 POLL_S = 2.0  # how often rank 0 looks for the other ranks' finished parts

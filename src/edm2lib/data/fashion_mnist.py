@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edm2lib.data.sources import Source
-from edm2lib.io import atomic_path
+from edm2lib.files import atomic_path
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
 URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"  # canonical host (zalandoresearch README)
@@ -109,9 +108,10 @@ def load_fashion_mnist(directory: str | os.PathLike | None = None) -> tuple[np.n
     return images, labels.astype(np.int64)
 
 
-def fashion_mnist_source(directory: str | os.PathLike | None = None) -> Source:
-    """Fashion-MNIST as a `prepare` source: names ``train/00000`` ... ``test/09999`` in file order."""
+def fashion_mnist_arrays(
+    directory: str | os.PathLike | None = None,
+) -> tuple[str, list[str], np.ndarray, np.ndarray]:
+    """(where, names ``train/00000`` ... ``test/09999``, images, labels) in file order, for `open_source`."""
     images, labels = load_fashion_mnist(directory)
     names = [f"train/{i:05d}" for i in range(60000)] + [f"test/{i:05d}" for i in range(len(images) - 60000)]
-    where = str(directory or find_files())
-    return Source(f"fashion-mnist:{where}", names, labels.tolist(), list(CLASS_NAMES), arrays=images)
+    return str(directory or find_files()), names, images, labels

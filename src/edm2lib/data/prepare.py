@@ -19,7 +19,7 @@ from tqdm import tqdm
 from edm2lib.data.dataset import IMAGES_FORMAT
 from edm2lib.data.sources import Source, open_source
 from edm2lib.data.transforms import check_transform, convert
-from edm2lib.io import atomic_path, atomic_write_text
+from edm2lib.files import atomic_path, atomic_write_text
 
 TASK = 16  # images per worker task: amortises inter-process overhead
 AHEAD = 8  # tasks in flight per worker: bounds memory on 1.28M-image sources

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from edm2lib.data.fashion_mnist import CLASS_NAMES, fashion_mnist_arrays
+
 LABEL_FILES = ("dataset.json",)  # found automatically at the root of a folder or zip (EDM2 layout)
 
 
@@ -161,9 +163,8 @@ def open_source(source: str | os.PathLike, labels: str | os.PathLike | None = No
     (a path, or a name inside the zip)."""
     text = str(source)
     if text == "fashion-mnist" or text.startswith("fashion-mnist:"):
-        from edm2lib.data.fashion_mnist import fashion_mnist_source
-
-        return fashion_mnist_source(text.partition(":")[2] or None)
+        where, names, images, labels = fashion_mnist_arrays(text.partition(":")[2] or None)
+        return Source(f"fashion-mnist:{where}", names, labels.tolist(), list(CLASS_NAMES), arrays=images)
     path = Path(source)
     if path.is_dir():
         names = _list_folder(path)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edm2lib.io import sha256_file
+from edm2lib.files import sha256_file
 from edm2lib.metrics import dinov2, inception
 from edm2lib.metrics.weights import load_weights_file, resolve_weights
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edm2lib.io import atomic_path
+from edm2lib.files import atomic_path
 
 STATS_FORMAT = "edm2lib.stats/1"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from edm2lib.io import atomic_path, sha256_file
+from edm2lib.files import atomic_path, sha256_file
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ Layout of `run_dir/checkpoints/ckpt-{nimg:012d}/`:
   rng.safetensors        per-rank RNG states `cpu.{rank}` (and `cuda.{rank}`), gathered on rank 0
   state.json             nimg, elapsed time, sampler position, counters, Adam param groups, config
   SHA256SUMS             `sha256  name` for every file above; written last
-Nothing is pickled; the directory appears under its final name only once complete (`edm2lib.io.atomic_dir`).
+Nothing is pickled; the directory appears under its final name only once complete
+(`edm2lib.files.atomic_dir`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from edm2lib import io
+from edm2lib import files
 
 FORMAT = "edm2lib.checkpoint/1"
 SUMS = "SHA256SUMS"
@@ -79,15 +80,15 @@ def save(
     meta = {"format": FORMAT, "nimg": int(nimg)}
     if final.exists():  # left by an earlier session that died after it (or corrupt): this state replaces it
         shutil.rmtree(final)
-    with io.atomic_dir(final) as tmp:
-        io.save_tensors(tmp / "net.safetensors", {k: v.float() for k, v in net_state.items()}, meta)
-        io.save_tensors(tmp / "optimizer.safetensors", opt_tensors, meta)
-        io.save_tensors(tmp / "ema.safetensors", ema_state, meta)
-        io.save_tensors(tmp / "rng.safetensors", rng_states, meta)
+    with files.atomic_dir(final) as tmp:
+        files.save_tensors(tmp / "net.safetensors", {k: v.float() for k, v in net_state.items()}, meta)
+        files.save_tensors(tmp / "optimizer.safetensors", opt_tensors, meta)
+        files.save_tensors(tmp / "ema.safetensors", ema_state, meta)
+        files.save_tensors(tmp / "rng.safetensors", rng_states, meta)
         body = {"format": FORMAT, **state, "nimg": int(nimg), "param_groups": groups}
         (tmp / "state.json").write_text(json.dumps(body, indent=1, sort_keys=True))
         names = sorted(p.name for p in tmp.iterdir())
-        (tmp / SUMS).write_text("".join(f"{io.sha256_file(tmp / n)}  {n}\n" for n in names))
+        (tmp / SUMS).write_text("".join(f"{files.sha256_file(tmp / n)}  {n}\n" for n in names))
     prune(run_dir, keep)
     return final
 
@@ -135,7 +136,7 @@ def verify(path: str | Path) -> None:
         f = path / name
         if not f.is_file():
             raise ValueError(f"{path}: {name} is missing")
-        if io.sha256_file(f) != digest:
+        if files.sha256_file(f) != digest:
             raise ValueError(f"{path}: {name} does not match its checksum (corrupt or truncated)")
 
 

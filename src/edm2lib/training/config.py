@@ -20,7 +20,7 @@ class TrainConfig:
 
     data: str  # images.h5 (pixel models) or latents.h5 (latent models)
     run_dir: str  # checkpoints/, snapshots/, stats.jsonl and log.txt go here
-    preset: str | None = None  # edm2lib.presets name: its network and training values are the defaults
+    preset: str | None = None  # edm2lib.nn.presets name: its network and training values are the defaults
     network: dict = dataclasses.field(default_factory=dict)  # Precond keywords, merged over the preset's
     batch: int = 2048  # global batch (images per optimizer step, all ranks and rounds together)
     batch_gpu: int | None = None  # micro-batch per rank and round; None: batch / world (no accumulation)
@@ -57,7 +57,7 @@ class TrainConfig:
             raise ValueError(f"training config is missing required key(s) {missing}")
         values = dict(values)
         if values.get("preset") is not None:
-            from edm2lib.presets import get_preset
+            from edm2lib.nn.presets import get_preset
 
             preset = get_preset(values["preset"])
             network = {**preset.network, **(values.get("network") or {})}

@@ -20,17 +20,16 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from edm2lib import distributed
 from edm2lib.data.dataset import LatentDataset, open_dataset
-from edm2lib.ema import PowerFunctionEMA
-from edm2lib.layers import MPConv
-from edm2lib.loss import edm2_loss
-from edm2lib.networks import Precond
-from edm2lib.training import checkpoint, distributed, preempt
+from edm2lib.nn.layers import MPConv
+from edm2lib.nn.networks import Precond
+from edm2lib.phema.ema import PowerFunctionEMA
+from edm2lib.training import checkpoint, preempt
 from edm2lib.training.config import TrainConfig
-from edm2lib.training.data_sampler import ShardedSampler, derive_seed, make_generator
-from edm2lib.training.loss import draw_noise
-from edm2lib.training.schedule import learning_rate
+from edm2lib.training.loss import draw_noise, edm2_loss, learning_rate
 from edm2lib.training.status import RunLog, peak_memory_gib, progress_bar
+from edm2lib.training.stream import ShardedSampler, derive_seed, make_generator
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from edm2lib import io
+from edm2lib import files
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -45,7 +45,7 @@ class RunLog:
         """Drop status records beyond `nimg` (written by a run that died after its last checkpoint)."""
         if self.enabled and self.stats.is_file():
             lines = [ln for ln in self.stats.read_text().splitlines() if json.loads(ln)["nimg"] <= nimg]
-            with io.atomic_path(self.stats) as tmp:
+            with files.atomic_path(self.stats) as tmp:
                 tmp.write_text("".join(ln + "\n" for ln in lines))
 
 

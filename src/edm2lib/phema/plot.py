@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edm2lib import io
-from edm2lib.phema import posthoc_coefficients, profile_error, sigma_rel_to_gamma
+from edm2lib import files
+from edm2lib.phema.profiles import posthoc_coefficients, profile_error, sigma_rel_to_gamma
 
 
 def _profile(tau: np.ndarray, t: float, gamma: float) -> np.ndarray:
@@ -44,5 +44,5 @@ def plot_profiles(
     ax.set_title("post-hoc EMA: target profiles (dashed) and reconstructions (solid)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with io.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

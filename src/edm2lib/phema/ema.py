@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from edm2lib import io
-from edm2lib.phema import power_function_beta, sigma_rel_to_gamma
+from edm2lib import files
+from edm2lib.phema.profiles import power_function_beta, sigma_rel_to_gamma
 
 
 def snapshot_name(nimg: int, sigma_rel: float) -> str:
@@ -119,7 +119,7 @@ class PowerFunctionEMA:
         paths = []
         for sigma_rel, gamma in zip(self.sigma_rels, self.gammas):
             path = Path(directory) / snapshot_name(nimg, sigma_rel)
-            io.save_network(
+            files.save_network(
                 path,
                 self.snapshot_state_dict(net, sigma_rel),
                 config,

@@ -27,8 +27,8 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
-from edm2lib import io
-from edm2lib.phema import posthoc_coefficients, profile_error, sigma_rel_to_gamma
+from edm2lib import files
+from edm2lib.phema.profiles import posthoc_coefficients, profile_error, sigma_rel_to_gamma
 
 _DTYPE_NAMES = {
     torch.float64: "F64",
@@ -63,7 +63,7 @@ def find_snapshots(directory: str | os.PathLike) -> list[Path]:
     if not paths:
         raise FileNotFoundError(
             f"{directory}: no snapshot-*.safetensors files; train with EMA snapshots first "
-            "(or convert official network-snapshot-*.pkl files with python -m edm2lib.convert)"
+            "(or convert official network-snapshot-*.pkl files with python -m edm2lib.official.convert)"
         )
     return paths
 
@@ -72,7 +72,7 @@ def _read_inputs(paths: Sequence[Path]) -> list[tuple[Path, dict[str, Any]]]:
     """(path, metadata) of every snapshot, sorted by (nimg, sigma_rel), validated as EMA snapshots."""
     inputs = []
     for path in paths:
-        meta = io.read_network_meta(path)
+        meta = files.read_network_meta(path)
         if "nimg" not in meta or "sigma_rel" not in meta:
             raise ValueError(f"{path}: network file without nimg/sigma_rel metadata; not an EMA snapshot")
         inputs.append((path, meta))
@@ -108,7 +108,7 @@ def _layout(files: dict[Path, Any]) -> dict[str, tuple[str, list[int]]]:
 
 def _header(layout: Iterable[tuple[str, torch.dtype, list[int]]], meta: dict[str, Any]) -> tuple[bytes, int]:
     """safetensors header (u64 length + JSON padded to 8 bytes) for tensors stored in `layout` order."""
-    entries: dict[str, Any] = {"__metadata__": {io.META_KEY: json.dumps(meta, sort_keys=True)}}
+    entries: dict[str, Any] = {"__metadata__": {files.META_KEY: json.dumps(meta, sort_keys=True)}}
     offset = 0
     for name, dtype, shape in layout:
         nbytes = math.prod(shape) * dtype.itemsize
@@ -246,7 +246,7 @@ def _open_outputs(stack, plan: _Plan, inputs, layout, buffers, dtype, out_dir) -
     outs = []
     for k, ((t, s), name) in enumerate(zip(plan.targets, plan.names)):
         meta = {
-            "format": io.NETWORK_FORMAT,
+            "format": files.NETWORK_FORMAT,
             "config": meta0["config"],
             "nimg": t,
             "sigma_rel": s,
@@ -257,7 +257,7 @@ def _open_outputs(stack, plan: _Plan, inputs, layout, buffers, dtype, out_dir) -
             **({"encoder": meta0["encoder"]} if "encoder" in meta0 else {}),
         }
         header, nbytes = _header(((n, out_dtypes[n], shape) for n, (_, shape) in layout.items()), meta)
-        tmp = stack.enter_context(io.atomic_path(Path(out_dir) / name))
+        tmp = stack.enter_context(files.atomic_path(Path(out_dir) / name))
         f = stack.enter_context(open(tmp, "wb"))  # noqa: SIM115 (closed by the stack)
         f.write(header)
         outs.append((f, len(header) + nbytes))
@@ -330,7 +330,7 @@ def reconstruct(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m edm2lib.reconstruct",
+        prog="python -m edm2lib.phema.reconstruct",
         description="Post-hoc EMA: reconstruct a (time x sigma_rel) grid from EMA snapshots in one read.",
     )
     parser.add_argument("snapshot_dir", type=Path, help="directory of snapshot-*.safetensors files")
@@ -347,13 +347,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         paths, args.sigma_rel, args.nimg, out_dir=args.out_dir, dtype=getattr(torch, args.dtype)
     )
     for path in outs:
-        meta = io.read_network_meta(path)
+        meta = files.read_network_meta(path)
         print(f"{path}  profile_error={meta['profile_error']:.2e}")
     if args.plot:
-        from edm2lib.phema_plot import plot_profiles
+        from edm2lib.phema.plot import plot_profiles
 
-        metas = [io.read_network_meta(p) for p in paths]
-        targets = [io.read_network_meta(p) for p in outs]
+        metas = [files.read_network_meta(p) for p in paths]
+        targets = [files.read_network_meta(p) for p in outs]
         plot_profiles(
             [m["nimg"] for m in metas],
             [m["sigma_rel"] for m in metas],

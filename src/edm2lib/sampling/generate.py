@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from edm2lib.data.codecs import make_codec
-from edm2lib.io import atomic_path, load_network, sha256_file
-from edm2lib.sampler import check_sampler_inputs, count_nfe, edm_sampler, seed_noise_and_labels
+from edm2lib.data.encoders import make_codec
+from edm2lib.files import atomic_path, load_network, sha256_file
+from edm2lib.sampling.heun import check_sampler_inputs, count_nfe, edm_sampler, seed_noise_and_labels
 
 SAMPLES_FORMAT = "edm2lib.samples/1"  # attrs["format"] of every samples HDF5 file
 GRID_MAX = 64  # the PNG grid shows the first (in seed order) 64 images at most

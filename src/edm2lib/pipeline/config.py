@@ -197,7 +197,7 @@ def data_source(data: Mapping[str, Any]) -> str:
 
 
 def point_record(config: dict, point: Point, block: int) -> dict[str, Any]:
-    """What a results row says about a point and seed block besides its scores (see `edm2lib.report`)."""
+    """What a results row says about a point and seed block besides its scores (`edm2lib.pipeline.table`)."""
     run = config["runs"][point.run]
     setting = config["guidance"][point.guidance]
     target = guide_target(config, point)

@@ -156,7 +156,7 @@ def load_network(
     """Build the `Precond` recorded in a network file and load its weights (strict); eval mode, no grad."""
     from safetensors.torch import load_file
 
-    from edm2lib.networks import Precond
+    from edm2lib.nn.networks import Precond
 
     meta = read_network_meta(path)
     net = Precond(**meta["config"])

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from edm2lib.layers import MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize, resample
+from edm2lib.nn.layers import MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize, resample
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _BLOCK_KWARGS = {"resample_filter", "channels_per_head", "dropout", "res_balance", "attn_balance", "clip_act"}

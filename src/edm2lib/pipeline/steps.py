@@ -1,7 +1,8 @@
 """Pipeline steps between config and engines: data preparation, training config, trained marker, phema.
 
 Each function is what one workflow script calls; `run_step` gives all of them the same error contract.
-Command line (used by the training rule after the ranks exit): `python -m edm2lib.steps trained CFG OUT`.
+Command line (used by the training rule after the ranks exit):
+`python -m edm2lib.pipeline.steps trained CFG OUT`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from edm2lib.io import atomic_write_text, read_network_meta
+from edm2lib.files import atomic_write_text, read_network_meta
 
 
 def run_step(log_path: str | Path, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
@@ -72,7 +73,7 @@ def install_fashion_mnist() -> bool:
 def prepare(data: Mapping[str, Any], out_h5: str | Path, workers: int) -> dict[str, Any]:
     """images.h5 from the `data` config section (Fashion-MNIST installed from Debian where possible)."""
     from edm2lib.data import prepare_dataset
-    from edm2lib.pipeline import data_source
+    from edm2lib.pipeline.config import data_source
 
     if data["source"] == "fashion-mnist" and not data.get("path"):
         install_fashion_mnist()
@@ -118,8 +119,8 @@ def write_training_config(run: Mapping[str, Any], data: str, out_yaml: str | Pat
 
 def write_trained(config_yaml: str | Path, out_json: str | Path) -> dict[str, Any]:
     """After training exited 0: check that the final snapshots exist and list every snapshot in `out_json`."""
-    from edm2lib.ema import snapshot_name
-    from edm2lib.reconstruct import find_snapshots
+    from edm2lib.phema.ema import snapshot_name
+    from edm2lib.phema.reconstruct import find_snapshots
     from edm2lib.training.config import TrainConfig
 
     cfg = TrainConfig.load(config_yaml)
@@ -144,7 +145,7 @@ def reconstruct_run(
     trained_json: str | Path, targets: Sequence[Sequence[float]], out_dir: str | Path
 ) -> list[Path]:
     """Post-hoc EMA reconstructions (nimg, sigma_rel) of a trained run into `out_dir`, one pass per time."""
-    from edm2lib.reconstruct import reconstruct
+    from edm2lib.phema.reconstruct import reconstruct
 
     snapshots = json.loads(Path(trained_json).read_text())["snapshots"]
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -160,7 +161,7 @@ def plot_run_profiles(
     trained_json: str | Path, targets: Sequence[Sequence[float]], out_png: str | Path
 ) -> None:
     """PNG of a run's target EMA profiles and their reconstructions from its snapshots."""
-    from edm2lib.phema_plot import plot_profiles
+    from edm2lib.phema.plot import plot_profiles
 
     metas = [read_network_meta(p) for p in json.loads(Path(trained_json).read_text())["snapshots"]]
     nimg, sigma_rel = zip(*targets)
@@ -170,7 +171,7 @@ def plot_run_profiles(
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 3 or argv[0] != "trained":
-        print("usage: python -m edm2lib.steps trained TRAINING_YAML OUT_JSON", file=sys.stderr)
+        print("usage: python -m edm2lib.pipeline.steps trained TRAINING_YAML OUT_JSON", file=sys.stderr)
         return 2
     try:
         write_trained(argv[1], argv[2])

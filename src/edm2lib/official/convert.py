@@ -1,6 +1,6 @@
 """Convert official EDM2 snapshot pickles into edm2lib network files, without executing anything from them.
 
-    python -m edm2lib.convert IN.pkl [IN2.pkl ...] OUT_DIR
+    python -m edm2lib.official.convert IN.pkl [IN2.pkl ...] OUT_DIR
 
 Each input becomes OUT_DIR/<input stem>.safetensors (weights as stored, float16) with the `Precond`
 config rebuilt from the recorded constructor arguments, nimg/sigma_rel/gamma parsed from the file name
@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from edm2lib import io
-from edm2lib.networks import Precond, _jsonable
-from edm2lib.official_pickle import PersistentRecord, load_official_pickle, module_tensors
+from edm2lib import files
+from edm2lib.nn.networks import Precond, _jsonable
+from edm2lib.official.unpickler import PersistentRecord, load_official_pickle, module_tensors
 
 # Positional parameters of the official Precond, to name recorded `_init_args` (EDM2-FACTS 4.4).
 _PRECOND_POSITIONAL = [
@@ -46,7 +46,7 @@ def parse_name(path: str | Path) -> dict[str, Any]:
     match = _NAME_RE.search(Path(path).name)
     if not match:
         return {}
-    from edm2lib.phema import sigma_rel_to_gamma
+    from edm2lib.phema.profiles import sigma_rel_to_gamma
 
     kimg, sigma_rel = int(match.group(1)), float(match.group(2))
     meta: dict[str, Any] = {"sigma_rel": sigma_rel, "gamma": float(sigma_rel_to_gamma(sigma_rel))}
@@ -138,19 +138,19 @@ def convert(path: str | Path, out_dir: str | Path) -> Path:
         **parse_name(path),
         "encoder": encoder,
         "buffers": buffers,
-        "source": f"{path.name} sha256 {io.sha256_file(path)}",
+        "source": f"{path.name} sha256 {files.sha256_file(path)}",
     }
     loss = data.get("loss_fn")
     if isinstance(loss, PersistentRecord):
         meta["loss"] = {k: float(loss.state[k]) for k in ("P_mean", "P_std", "sigma_data") if k in loss.state}
     out = Path(out_dir) / f"{path.stem}.safetensors"
-    io.save_network(out, tensors, config, dtype=None, **meta)
+    files.save_network(out, tensors, config, dtype=None, **meta)
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m edm2lib.convert",
+        prog="python -m edm2lib.official.convert",
         description="Convert official EDM2 snapshot pickles to edm2lib network files (no code is executed).",
     )
     parser.add_argument("inputs", nargs="+", type=Path, help="official .pkl files")
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             out = convert(path, args.out_dir)
         except (ValueError, FileNotFoundError) as e:
-            print(f"edm2lib.convert: error: {e}", file=sys.stderr)
+            print(f"edm2lib.official.convert: error: {e}", file=sys.stderr)
             return 1
         print(f"{path} -> {out}")
     return 0

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edm2lib.io import atomic_path, atomic_write_text
+from edm2lib.files import atomic_path, atomic_write_text
 
 # results/fid_table.csv, one row per scored point (seed blocks folded: min as in the paper, and mean)
 COLUMNS = [
@@ -47,7 +47,7 @@ def reference_stats(
 ) -> dict:
     """Feature statistics of the real images for one detector (`metrics.ref_images`: random subset size)."""
     from edm2lib.metrics import reference_stats as compute
-    from edm2lib.steps import default_device
+    from edm2lib.pipeline.steps import default_device
 
     dets = load_detectors(metrics, [detector], default_device())
     meta = compute(
@@ -81,7 +81,7 @@ def score_point(
     import h5py
 
     from edm2lib.metrics import score_samples
-    from edm2lib.steps import default_device
+    from edm2lib.pipeline.steps import default_device
 
     dets = load_detectors(metrics, list(refs), default_device())
     scores = score_samples(str(samples_h5), dict(refs), dets, batch_size=metrics["batch"], progress=False)
