@@ -36,6 +36,8 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0  # checkpoint at least this often (0: no time-based checkpoints)
     keep_checkpoints: int = 3  # newest checkpoints kept on disk
     status_nimg: int = 128 * 2**10  # status line interval in images
+    telemetry_nimg: int = 0  # magnitude telemetry interval in images (0: off; EDM2 App. A.6, Fig. 15)
+    telemetry_probe: int = 4096  # probe examples per telemetry point (the paper uses 4096)
     seed: int = 0  # network init, data order and every per-step draw derive from it
     device: str = "auto"  # auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda, cuda:N
     dtype: str = (
@@ -90,7 +92,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Checks that need neither the data set nor the process group."""
         ints = ["batch", "duration", "warmup", "snapshot_nimg", "checkpoint_nimg", "keep_checkpoints"]
-        for key in [*ints, "status_nimg", "seed"]:
+        for key in [*ints, "status_nimg", "seed", "telemetry_nimg", "telemetry_probe"]:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"config key '{key}' must be a non-negative integer, got {value!r}")

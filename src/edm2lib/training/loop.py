@@ -8,6 +8,7 @@ SLURM:            srun -n N python -m edm2lib.training --config cfg.yaml
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from edm2lib.data.dataset import LatentDataset, open_dataset
 from edm2lib.nn.layers import MPConv
 from edm2lib.nn.networks import Precond
 from edm2lib.phema.ema import PowerFunctionEMA
-from edm2lib.training import checkpoint, preempt
+from edm2lib.training import checkpoint, preempt, telemetry
 from edm2lib.training.config import TrainConfig
 from edm2lib.training.loss import draw_noise, edm2_loss, learning_rate
 from edm2lib.training.status import RunLog, peak_memory_gib, progress_bar
@@ -78,6 +79,7 @@ class Trainer:
         self.loader = ThreadPoolExecutor(2, thread_name_prefix="edm2-data")  # reads overlap the step
         self.ahead: dict[int, Future] = {}  # micro-batch start -> its examples, being read
         self.nimg = 0
+        self.probe: telemetry.Probe | None = None  # drawn on first use
         self.t_start = time.monotonic()
         self.elapsed_before = 0.0  # seconds spent in earlier sessions of this run
         self.nonfinite = torch.zeros([], dtype=torch.int64, device=self.device)  # gradient entries zeroed
@@ -122,6 +124,8 @@ class Trainer:
         self.nonfinite += int(state["nonfinite_grads"])
         self.nonfinite_steps += int(state["nonfinite_steps"])
         self.log.truncate_stats(self.nimg)
+        if self.dist.is_main:
+            telemetry.truncate_jsonl(self.run_dir / "telemetry.jsonl", self.nimg)
         self.log(f"resumed from {path} at nimg {self.nimg}: {self._describe()}")
 
     def _describe(self) -> str:
@@ -292,6 +296,8 @@ class Trainer:
                     status = self._status(window)
                 if self.dist.is_main and ((cfg.snapshot_nimg and self.nimg % cfg.snapshot_nimg == 0) or done):
                     self._snapshot()
+                if self.dist.is_main and cfg.telemetry_nimg and (self.nimg % cfg.telemetry_nimg == 0 or done):
+                    self._telemetry()
                 ckpt_due = cfg.checkpoint_nimg and self.nimg % cfg.checkpoint_nimg == 0
                 if ckpt_due or due_time or stop or done:
                     self.save_checkpoint({"preempt": preempted} if stop else {})
@@ -353,6 +359,20 @@ class Trainer:
         )
         window.update(loss=torch.zeros_like(window["loss"]), t=now, nimg=self.nimg, steps=0)
         return stats
+
+    def _telemetry(self) -> None:
+        """Append the raw and the EMA network's magnitudes at this nimg to telemetry.jsonl (rank 0)."""
+        cfg = self.cfg
+        if self.probe is None:
+            self.probe = telemetry.make_probe(
+                self.dataset, cfg.telemetry_probe, cfg.seed, cfg.P_mean, cfg.P_std
+            )
+        ema_net = copy.deepcopy(self.net)  # the longest tracked EMA, as plotted in EDM2 Fig. 15
+        ema_net.load_state_dict(self.ema.snapshot_state_dict(self.net, max(self.ema.sigma_rels)))
+        records = [
+            telemetry.measure(n, self.probe, self.nimg, w) for n, w in ((self.net, "raw"), (ema_net, "ema"))
+        ]
+        telemetry.append_jsonl(self.run_dir / "telemetry.jsonl", records)
 
     def _snapshot(self) -> None:
         paths = self.ema.save_snapshots(
