@@ -62,7 +62,7 @@ def all_profile_plots(wildcards):
 
 
 def launcher(wildcards, resources):
-    """`srun -n <tasks> -c <cpus>` for rules the profile marks `mpi` (one rank per GPU, SNAKEMAKE-SLURM 4.3 A);
+    """`srun -n <tasks> -c <cpus>` for rules the profile marks `mpi` (one rank per GPU; slurm executor plugin docs, MPI jobs);
     the rule uses it only inside a SLURM job, so the same profile also runs on a laptop (one process)."""
     if not resources.get("mpi"):
         return ""

@@ -48,7 +48,7 @@ class PowerFunctionEMA:
         live = self._live(net)
         for gamma, ema in zip(self.gammas, self.emas):
             beta = power_function_beta(cur_nimg, batch_size, gamma)  # first step: beta = 0 -> copy
-            torch._foreach_lerp_(ema, live, 1.0 - beta)  # EDM2-FACTS 7: ema <- ema + (1 - beta)(net - ema)
+            torch._foreach_lerp_(ema, live, 1.0 - beta)  # EDM2 Eq. 1: ema <- ema + (1 - beta)(net - ema)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Flat tensors for a safetensors checkpoint: `sigma_rels` and `ema.{index}.{param name}`."""
