@@ -1,4 +1,5 @@
 # Paths and input functions shared by the rules; the config logic itself lives in edm2lib.pipeline.
+from edm2lib import files
 from edm2lib.pipeline import config as pipeline
 
 DATA = f"data/{config['data']['name']}"
@@ -24,7 +25,7 @@ def point(wildcards):
 
 
 def phema_file(run, nimg, sigma_rel):
-    return f"runs/{run}/phema/{pipeline.phema_name(nimg, sigma_rel)}"
+    return f"runs/{run}/phema/{files.phema_name(nimg, sigma_rel)}"
 
 
 def guide_file(wildcards):

@@ -10,7 +10,6 @@ config rebuilt from the recorded constructor arguments, nimg/sigma_rel/gamma par
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +31,6 @@ _PRECOND_POSITIONAL = [
     "sigma_data",
     "logvar_channels",
 ]
-_NAME_RE = re.compile(r"-(\d+)-(\d+\.\d+)\.pkl$")  # ...-{kimg:07d}-{sigma_rel:.3f}.pkl
 
 
 def nimg_from_kimg(kimg: int) -> int | None:
@@ -43,12 +41,12 @@ def nimg_from_kimg(kimg: int) -> int | None:
 
 def parse_name(path: str | Path) -> dict[str, Any]:
     """nimg, sigma_rel and gamma from an official file name; {} for names without them."""
-    match = _NAME_RE.search(Path(path).name)
-    if not match:
+    parsed = files.parse_official_name(Path(path).name)
+    if parsed is None:
         return {}
     from edm2lib.phema.profiles import sigma_rel_to_gamma
 
-    kimg, sigma_rel = int(match.group(1)), float(match.group(2))
+    kimg, sigma_rel = parsed
     meta: dict[str, Any] = {"sigma_rel": sigma_rel, "gamma": float(sigma_rel_to_gamma(sigma_rel))}
     nimg = nimg_from_kimg(kimg)
     if nimg is not None:

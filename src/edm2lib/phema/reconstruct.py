@@ -47,11 +47,6 @@ CHUNK_NUMEL = 1 << 20  # elements per input per read: (snapshots + targets) x 4 
 MAPPED_BYTES = 128 << 20  # reopen the inputs after reading this much: touched mapped pages count in RSS
 
 
-def output_name(nimg: int, sigma_rel: float) -> str:
-    """File name of a reconstruction (ARCHITECTURE: time in nimg, 12 digits)."""
-    return f"phema-{int(nimg):012d}-{sigma_rel:.3f}.safetensors"
-
-
 def find_snapshots(directory: str | os.PathLike) -> list[Path]:
     """The `snapshot-*.safetensors` files of a directory, converted official `network-snapshot-*` ones
     included (temporary files are hidden and skipped)."""
@@ -59,7 +54,7 @@ def find_snapshots(directory: str | os.PathLike) -> list[Path]:
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: snapshot directory not found")
     found = directory.glob("*snapshot-*.safetensors")
-    paths = sorted(p for p in found if p.name.startswith(("snapshot-", "network-snapshot-")))
+    paths = sorted(p for p in found if files.is_snapshot_name(p.name))
     if not paths:
         raise FileNotFoundError(
             f"{directory}: no snapshot-*.safetensors files; train with EMA snapshots first "
@@ -226,7 +221,7 @@ class _Plan:
         in_s = np.array([m["sigma_rel"] for _, m in inputs], dtype=np.float64)
         times = [int(in_t.max())] if out_nimg is None else [int(t) for t in np.atleast_1d(out_nimg)]
         self.targets = [(t, float(s)) for t in times for s in np.atleast_1d(out_sigma_rel)]
-        self.names = [output_name(t, s) for t, s in self.targets]
+        self.names = [files.phema_name(t, s) for t, s in self.targets]
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"targets {self.targets} repeat a file name; list each (nimg, sigma_rel) once")
         out_t = np.array([t for t, _ in self.targets], dtype=np.float64)
