@@ -1,6 +1,6 @@
 """Official-pickle import: stub pickles in the official layout convert exactly; hostile files are refused.
 
-The pickles here are built by our own stub classes reproducing the structure of EDM2-FACTS 5.1 (never an
+The pickles here are built by our own stub classes reproducing the structure in docs/official.md (never an
 official file). The stub modules `torch_utils.persistence` and `dnnlib.util` exist only while a pickle is
 written (monkeypatched into sys.modules) and are gone when the converter reads it.
 """
@@ -116,7 +116,7 @@ def test_official_layout_pickle_converts_to_an_equivalent_network_file(
     assert meta["config"] == Precond(**tiny_reference["config"]).config
     assert meta["nimg"] == 2048 * 2**20 and meta["sigma_rel"] == 0.135
     g = meta["gamma"]
-    assert abs(((g + 1) / ((g + 2) ** 2 * (g + 3))) ** 0.5 - 0.135) < 1e-9  # sigma_rel(gamma), EDM2-FACTS 7
+    assert abs(((g + 1) / ((g + 2) ** 2 * (g + 3))) ** 0.5 - 0.135) < 1e-9  # sigma_rel(gamma), EDM2 Sec. 3.1
     assert meta["encoder"] == {"kind": "pixels"}
     assert meta["buffers"] == [
         "logvar_fourier.freqs",

@@ -53,7 +53,7 @@ def images_h5(tmp_path_factory) -> Path:
 
 def test_stored_constants_match_edm2_facts():
     codec = make_codec(sd_vae_description())
-    # EDM2-FACTS 6.6: scale = 0.5 / raw_std, bias = -raw_mean * scale
+    # EDM2 App. B.1: scale = 0.5 / raw_std, bias = -raw_mean * scale
     np.testing.assert_allclose(codec.scale, [0.119904, 0.108225, 0.134771, 0.152439], atol=1e-6)
     np.testing.assert_allclose(codec.bias, [-0.696643, -0.351732, -0.016173, 0.327744], atol=1e-6)
     assert codec.channels == 4 and codec.encoder["vae"] == "stabilityai/sd-vae-ft-mse"
@@ -91,7 +91,7 @@ def test_decode_of_encode_has_pixel_range_shape_and_dtype(vae_dir):
     x = codec.encode_batch(encode_pixels(vae, pixels), torch.Generator().manual_seed(1))
     out = codec.decode(x)
     assert out.shape == (3, 16, 16, 3) and out.dtype == torch.uint8
-    # decode = clamp(vae(z), 0, 1) * 255 truncated (EDM2-FACTS 6.6), with z the unscaled latent
+    # decode = clamp(vae(z), 0, 1) * 255 truncated (docs/data.md), with z the unscaled latent
     z = (x - codec.bias.view(1, 4, 1, 1)) / codec.scale.view(1, 4, 1, 1)
     ref = (vae.decode(z)["sample"].clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1)
     assert torch.equal(out, ref)

@@ -66,3 +66,20 @@ def test_atomic_outputs_get_the_umask_mode_not_the_tempfile_mode(tmp_path):
         os.umask(old)
     assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_file_name_patterns_round_trip():
+    assert files.snapshot_name(131072, 0.05) == "snapshot-000000131072-0.050.safetensors"
+    assert files.phema_name(2147483648, 0.1) == "phema-002147483648-0.100.safetensors"
+    assert files.is_snapshot_name(files.snapshot_name(1024, 0.1))
+    assert files.is_snapshot_name("network-snapshot-0134217-0.100.safetensors")
+    assert not files.is_snapshot_name(files.phema_name(1024, 0.1))
+    assert not files.is_snapshot_name("snapshot-000000001024-0.100.pkl")
+    assert files.checkpoint_name(16) == "ckpt-000000000016"
+    assert files.parse_checkpoint_name(files.checkpoint_name(16)) == 16
+    assert files.parse_checkpoint_name("ckpt-16") is None
+    assert files.point_name(131072, 0.1, "ag") == "000000131072-0.100-ag"
+    assert files.parse_point_name(files.point_name(131072, 0.1, "ag")) == (131072, 0.1, "ag")
+    assert files.parse_point_name("000000131072-0.1-ag") is None
+    assert files.parse_official_name("network-snapshot-2147483-0.135.pkl") == (2147483, 0.135)
+    assert files.parse_official_name("model.pkl") is None

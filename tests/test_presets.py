@@ -8,7 +8,7 @@ import torch
 from edm2lib.nn.networks import Precond
 from edm2lib.nn.presets import PRESETS, get_preset
 
-# EDM2-FACTS 3: counted with the official Precond on the meta device (label_dim 1000, and 0).
+# EDM2 Table 2 (Mparams), exact counts with the official Precond on the meta device (label_dim 1000, and 0).
 PARAMS = {
     "edm2-img512-xxs": (31_309_029, 31_053_029),
     "edm2-img512-xs": (124_713_253, 124_201_253),
@@ -38,7 +38,7 @@ def test_paper_preset_parameter_counts_match_the_official_network(name):
     preset = get_preset(name)
     count, tensors = count_params(preset.network)
     assert count == PARAMS[name][0]
-    assert tensors == 199  # EDM2-FACTS 3: every paper preset has 199 parameter tensors
+    assert tensors == 199  # measured on the official Precond: every paper preset has 199 parameter tensors
     assert count_params({**preset.network, "label_dim": 0})[0] == PARAMS[name][1]
 
 

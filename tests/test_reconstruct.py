@@ -76,7 +76,7 @@ def test_reconstruction_matches_online_emas_for_the_whole_grid(trained, tmp_path
     outs = rec.reconstruct(
         snap_dir, TRUE_SIGMA_RELS, times, out_dir=tmp_path, dtype=torch.float32, progress=False
     )
-    assert [p.name for p in outs] == [rec.output_name(t, s) for t in times for s in TRUE_SIGMA_RELS]
+    assert [p.name for p in outs] == [files.phema_name(t, s) for t in times for s in TRUE_SIGMA_RELS]
     for path, (t, s) in zip(outs, [(t, s) for t in times for s in TRUE_SIGMA_RELS]):
         got, want = load_file(path), online[t][s]
         rel = ((_flat(got, names) - _flat(want, names)).norm() / _flat(want, names).norm()).item()

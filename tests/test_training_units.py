@@ -30,7 +30,7 @@ def test_lr_is_zero_on_the_first_step_and_linear_during_warmup():
 def test_lr_decays_as_inverse_sqrt_after_t_ref():
     assert learning_rate(4000, 0.01, 1000, 100) == pytest.approx(0.005)
     assert learning_rate(9000, 0.01, 1000, 100) == pytest.approx(0.01 / 3)
-    # EDM2-FACTS 3: XS at 2048 Mi images with t_ref = 70k batches of 2048: alpha_ref / 3.87
+    # EDM2 Eq. 67: XS at 2048 Mi images with t_ref = 70k batches of 2048: alpha_ref / 3.87
     ratio = 0.012 / learning_rate(2048 * 2**20, 0.012, 70000 * 2048, 10_000_000)
     assert ratio == pytest.approx(math.sqrt(2**20 / 70000)) and ratio == pytest.approx(3.87, abs=0.01)
 

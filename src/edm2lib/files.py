@@ -1,4 +1,8 @@
-"""Atomic file writes, checksums and the safetensors network-file format shared by every stage."""
+"""Atomic file writes, checksums, the safetensors network-file format and every file-name pattern.
+
+File names carry time in training images (nimg) zero-padded to 12 digits and sigma_rel with 3 decimals
+(docs/ARCHITECTURE.md, data flow); the only other place that spells them is the Snakemake wildcards.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -16,6 +21,53 @@ import torch
 
 NETWORK_FORMAT = "edm2lib.network/1"  # metadata["edm2lib"]["format"] of every network file
 META_KEY = "edm2lib"  # safetensors metadata is str -> str: all our metadata is one JSON string
+
+_POINT = re.compile(r"^(\d{12})-(\d+\.\d{3})-([A-Za-z0-9_]+)$")
+_CHECKPOINT = re.compile(r"^ckpt-(\d{12})$")
+_OFFICIAL = re.compile(r"-(\d+)-(\d+\.\d+)\.pkl$")  # official `...-{kimg:07d}-{sigma_rel:.3f}.pkl`
+
+
+def snapshot_name(nimg: int, sigma_rel: float) -> str:
+    """`snapshot-{nimg:012d}-{sigma_rel:.3f}.safetensors`: one EMA snapshot written during training."""
+    return f"snapshot-{int(nimg):012d}-{sigma_rel:.3f}.safetensors"
+
+
+def phema_name(nimg: int, sigma_rel: float) -> str:
+    """`phema-{nimg:012d}-{sigma_rel:.3f}.safetensors`: one post-hoc EMA reconstruction."""
+    return f"phema-{int(nimg):012d}-{sigma_rel:.3f}.safetensors"
+
+
+def is_snapshot_name(name: str) -> bool:
+    """True for our snapshots and for converted official ones (`network-snapshot-*.safetensors`)."""
+    return name.startswith(("snapshot-", "network-snapshot-")) and name.endswith(".safetensors")
+
+
+def checkpoint_name(nimg: int) -> str:
+    """`ckpt-{nimg:012d}`: one resumable training-state directory."""
+    return f"ckpt-{int(nimg):012d}"
+
+
+def parse_checkpoint_name(name: str) -> int | None:
+    """nimg of a `ckpt-{nimg:012d}` name, None for any other name."""
+    m = _CHECKPOINT.match(name)
+    return int(m.group(1)) if m else None
+
+
+def point_name(nimg: int, sigma_rel: float, guidance: str) -> str:
+    """`{nimg:012d}-{sigma_rel:.3f}-{guidance}`: the directory of one sampled and scored point."""
+    return f"{int(nimg):012d}-{sigma_rel:.3f}-{guidance}"
+
+
+def parse_point_name(name: str) -> tuple[int, float, str] | None:
+    """(nimg, sigma_rel, guidance) of a point name, None for any other name."""
+    m = _POINT.match(name)
+    return (int(m.group(1)), float(m.group(2)), m.group(3)) if m else None
+
+
+def parse_official_name(name: str) -> tuple[int, float] | None:
+    """(kimg, sigma_rel) of an official `...-{kimg:07d}-{sigma_rel:.3f}.pkl` name (docs/official.md)."""
+    m = _OFFICIAL.search(name)
+    return (int(m.group(1)), float(m.group(2))) if m else None
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

@@ -1,4 +1,5 @@
 # Paths and input functions shared by the rules; the config logic itself lives in edm2lib.pipeline.
+from edm2lib import files
 from edm2lib.pipeline import config as pipeline
 
 DATA = f"data/{config['data']['name']}"
@@ -24,7 +25,7 @@ def point(wildcards):
 
 
 def phema_file(run, nimg, sigma_rel):
-    return f"runs/{run}/phema/{pipeline.phema_name(nimg, sigma_rel)}"
+    return f"runs/{run}/phema/{files.phema_name(nimg, sigma_rel)}"
 
 
 def guide_file(wildcards):
@@ -62,7 +63,7 @@ def all_profile_plots(wildcards):
 
 
 def launcher(wildcards, resources):
-    """`srun -n <tasks> -c <cpus>` for rules the profile marks `mpi` (one rank per GPU, SNAKEMAKE-SLURM 4.3 A);
+    """`srun -n <tasks> -c <cpus>` for rules the profile marks `mpi` (one rank per GPU; slurm executor plugin docs, MPI jobs);
     the rule uses it only inside a SLURM job, so the same profile also runs on a laptop (one process)."""
     if not resources.get("mpi"):
         return ""

@@ -149,7 +149,7 @@ class ImageDataset(_H5Dataset):
 
 
 class LatentDataset(_H5Dataset):
-    """latents.h5: `mean`, `std` [N,4,h,w]; each read draws mean + std * randn (EDM2-FACTS 6.6)."""
+    """latents.h5: `mean`, `std` [N,4,h,w]; each read draws mean + std * randn (EDM2 App. B.1)."""
 
     format = LATENTS_FORMAT
     arrays = ("mean", "std")

@@ -14,11 +14,11 @@ import torch
 from edm2lib.files import sha256_file
 
 SD_VAE_ID = "stabilityai/sd-vae-ft-mse"
-RAW_MEAN = (5.81, 3.25, 0.12, -2.15)  # EDM2-FACTS 6.6: per-channel mean of raw SD-VAE latents
-RAW_STD = (4.17, 4.62, 3.71, 3.28)  # EDM2-FACTS 6.6: per-channel std of raw SD-VAE latents
-FINAL_MEAN = 0.0  # EDM2-FACTS 6.6: target mean of network-space latents
-FINAL_STD = 0.5  # EDM2-FACTS 6.6: target std of network-space latents (= sigma_data)
-DECODE_BATCH = 8  # EDM2-FACTS 6.6: the official decoder runs the VAE in batches of 8
+RAW_MEAN = (5.81, 3.25, 0.12, -2.15)  # EDM2 App. B.1: per-channel mean of raw SD-VAE latents
+RAW_STD = (4.17, 4.62, 3.71, 3.28)  # EDM2 App. B.1: per-channel std of raw SD-VAE latents
+FINAL_MEAN = 0.0  # EDM2 App. B.1: target mean of network-space latents
+FINAL_STD = 0.5  # EDM2 App. B.1: target std of network-space latents (= sigma_data)
+DECODE_BATCH = 8  # docs/data.md: the official decoder runs the VAE in batches of 8
 
 PIXELS: dict[str, Any] = {"kind": "pixels"}
 CONFIG = "config.json"  # the two files of a diffusers AutoencoderKL folder
@@ -58,7 +58,7 @@ def _randn(shape: Sequence[int], generator: torch.Generator | None, device: torc
 
 
 class PixelCodec:
-    """Network space = uint8 / 127.5 - 1 (EDM2-FACTS 6.6, StandardRGBEncoder)."""
+    """Network space = uint8 / 127.5 - 1 (docs/ARCHITECTURE.md, encoder description)."""
 
     channels = 3
 
@@ -68,16 +68,16 @@ class PixelCodec:
 
     def encode_batch(self, raw: torch.Tensor, generator: object = None) -> torch.Tensor:
         """uint8 [B,3,H,W] -> float32 network space in [-1, 1]; `generator` is unused (no noise)."""
-        return raw.to(self.device, torch.float32) / 127.5 - 1  # EDM2-FACTS 6.6
+        return raw.to(self.device, torch.float32) / 127.5 - 1  # docs/ARCHITECTURE.md: pixels encoder
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Network space [B,3,H,W] -> uint8 [B,H,W,3]; +128 then truncation acts as rounding."""
-        y = (x.to(torch.float32) * 127.5 + 128).clip(0, 255).to(torch.uint8)  # EDM2-FACTS 6.6
+        y = (x.to(torch.float32) * 127.5 + 128).clip(0, 255).to(torch.uint8)  # docs/ARCHITECTURE.md
         return y.permute(0, 2, 3, 1).contiguous()
 
 
 class VAECodec:
-    """Network space = (mean + std * randn) * scale + bias of SD-VAE posteriors (EDM2-FACTS 6.6)."""
+    """Network space = (mean + std * randn) * scale + bias of SD-VAE posteriors (EDM2 App. B.1)."""
 
     channels = 4
 
@@ -86,7 +86,7 @@ class VAECodec:
         self.device = torch.device(device)
         raw_mean = torch.as_tensor(self.encoder["raw_mean"], dtype=torch.float32)
         raw_std = torch.as_tensor(self.encoder["raw_std"], dtype=torch.float32)
-        # EDM2-FACTS 6.6: scale = final_std / raw_std, bias = final_mean - raw_mean * scale (float32)
+        # EDM2 App. B.1: scale = final_std / raw_std, bias = final_mean - raw_mean * scale (float32)
         self.scale = torch.as_tensor(self.encoder["final_std"], dtype=torch.float32) / raw_std
         self.bias = torch.as_tensor(self.encoder["final_mean"], dtype=torch.float32) - raw_mean * self.scale
         self._vae = None if vae is None else vae.to(self.device).eval().requires_grad_(False)
@@ -120,11 +120,11 @@ class VAECodec:
             noise = noise.to(self.device)
         else:
             noise = _randn(mean.shape, generator, self.device)
-        z = torch.addcmul(mean, std, noise)  # EDM2-FACTS 6.6: sample the posterior anew on every use
+        z = torch.addcmul(mean, std, noise)  # EDM2 App. B.1: sample the posterior anew on every use
         return z.mul_(self._per_channel(self.scale, z.device)).add_(self._per_channel(self.bias, z.device))
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Network-space latents [B,4,h,w] -> uint8 [B,H,W,3] on the CPU (EDM2-FACTS 6.6)."""
+        """Network-space latents [B,4,h,w] -> uint8 [B,H,W,3] on the CPU (docs/data.md)."""
         x = x.to(self.device, torch.float32)
         z = (x - self._per_channel(self.bias, x.device)) / self._per_channel(self.scale, x.device)  # undo 6.6
         return decode_latents(self.vae, z)
@@ -208,14 +208,14 @@ def vae_identity(vae: Any, revision: str | None = None) -> dict[str, Any]:
 def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     """uint8 [B,3,H,W] -> float32 mean||std [B,8,H/8,W/8] (for the SD VAE; H/2^k for smaller ones)."""
     device = next(vae.parameters()).device
-    x = pixels.to(device, torch.float32) / 255  # EDM2-FACTS 6.6: the VAE sees [0, 1], not [-1, 1]
+    x = pixels.to(device, torch.float32) / 255  # docs/data.md: the VAE sees [0, 1], not [-1, 1]
     dist = vae.encode(x)["latent_dist"]
-    return torch.cat([dist.mean, dist.std], dim=1).float().cpu()  # no 0.18215 factor (EDM2-FACTS 6.6)
+    return torch.cat([dist.mean, dist.std], dim=1).float().cpu()  # no 0.18215 factor (docs/data.md)
 
 
 @torch.no_grad()
 def decode_latents(vae: Any, z: torch.Tensor, batch_size: int = DECODE_BATCH) -> torch.Tensor:
-    """Raw latents [B,4,h,w] -> uint8 [B,H,W,3]: clamp(0,1)*255, truncated like EDM2 (EDM2-FACTS 6.6)."""
+    """Raw latents [B,4,h,w] -> uint8 [B,H,W,3]: clamp(0,1)*255, truncated like EDM2 (docs/data.md)."""
     device = next(vae.parameters()).device
     outs = []
     for chunk in z.to(device, torch.float32).split(batch_size):

@@ -66,7 +66,7 @@ def _centre_crop(arr: np.ndarray, size: int) -> np.ndarray:
 
 
 def center_crop_dhariwal(arr: np.ndarray, resolution: int) -> np.ndarray:
-    """ADM/EDM2 crop (DETECTORS-VAE-DATA 3.1): BOX-halve while the short side is >= 2x the target,
+    """ADM/EDM2 crop (EDM2 App. B.1; docs/data.md): BOX-halve while the short side is >= 2x the target,
     BICUBIC so the short side equals the target, then take the centre square."""
     img = Image.fromarray(arr)
     while min(img.size) >= 2 * resolution:

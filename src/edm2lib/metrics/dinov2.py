@@ -10,14 +10,14 @@ from torch import nn
 
 RESOLUTION = 224  # EDM2 resizes every image to 224x224 (16x16 patches of 14)
 DIM = 1024  # ViT-L embedding = feature size
-MEAN = (0.485, 0.456, 0.406)  # ImageNet normalisation (EDM2-FACTS 9)
+MEAN = (0.485, 0.456, 0.406)  # ImageNet normalisation (docs/metrics.md)
 STD = (0.229, 0.224, 0.225)
 INTERPOLATE_OFFSET = 0.1  # DINOv2's +0.1 kludge in the positional-embedding scale factor
 
 
 def preprocess(images: torch.Tensor) -> torch.Tensor:
     """uint8-valued float NCHW RGB -> bicubic antialiased resize to 224 in float (no re-quantisation,
-    no clamp), /255, ImageNet mean/std (EDM2-FACTS 9, `resize_mode='torch'`)."""
+    no clamp), /255, ImageNet mean/std (docs/metrics.md, `resize_mode='torch'`)."""
     x = F.interpolate(images.float(), (RESOLUTION, RESOLUTION), mode="bicubic", antialias=True)
     mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
@@ -141,7 +141,7 @@ class DINOv2(nn.Module):
 
     def interpolate_pos_embed(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """Positional embedding for a grid_h x grid_w patch grid: bicubic resampling of the stored square
-        grid with DINOv2's scale factor (grid + 0.1) / stored_grid, no antialias (DETECTORS-VAE-DATA 2.2)."""
+        grid with DINOv2's scale factor (grid + 0.1) / stored_grid, no antialias (docs/metrics.md)."""
         pos = self.pos_embed.float()
         stored = pos.shape[1] - 1
         if grid_h * grid_w == stored and grid_h == grid_w:

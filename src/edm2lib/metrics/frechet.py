@@ -37,7 +37,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     m = a @ sigma2 @ a
     tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
     diff = mu1 - mu2
-    # EDM2-FACTS 9: ||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrtm(S1 S2))
+    # Frechet distance (Heusel et al. 2017; docs/metrics.md): ||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrtm(S1 S2))
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_sqrt)
 
 
@@ -48,5 +48,5 @@ def frechet_distance_sqrtm(mu1, sigma1, mu2, sigma2) -> float:
     mu1, sigma1, mu2, sigma2 = _check(mu1, sigma1, mu2, sigma2)
     s = scipy.linalg.sqrtm(sigma1 @ sigma2)
     diff = mu1 - mu2
-    # EDM2-FACTS 9: real part of the total, no imaginary-part check, no eps retry
+    # docs/metrics.md, Frechet numerics: real part of the total, no imaginary-part check, no eps retry
     return float(np.real(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(s)))

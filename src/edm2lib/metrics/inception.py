@@ -15,7 +15,7 @@ NUM_CLASSES = 1008  # the 2015-12-05 graph's softmax (fc kept so the published s
 def resize_tf1_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """TF1 `resize_bilinear` (align_corners=False, no half-pixel centres, no antialias) of float NCHW `x`.
 
-    Output pixel i samples input coordinate i * (in / out) (DETECTORS-VAE-DATA 1.1): the top-left-aligned
+    Output pixel i samples input coordinate i * (in / out) (docs/metrics.md): the top-left-aligned
     convention of TF1 that NVIDIA's detector reproduces with a shifted `grid_sample`.
     """
 
@@ -37,7 +37,7 @@ def resize_tf1_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def preprocess(images: torch.Tensor, resolution: int = RESOLUTION) -> torch.Tensor:
     """uint8-valued float NCHW RGB -> the network input: TF1 bilinear resize to 299, then (x - 128) / 128."""
     x = resize_tf1_bilinear(images.float(), (resolution, resolution))
-    return (x - 128) / 128  # NVIDIA's detector / the TF graph's normalisation (DETECTORS-VAE-DATA 1.1)
+    return (x - 128) / 128  # NVIDIA's detector / the TF graph's normalisation (docs/metrics.md)
 
 
 class BasicConv2d(nn.Module):

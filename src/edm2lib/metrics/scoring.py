@@ -267,7 +267,7 @@ def score_samples(
     contiguous blocks (default 1), a list of such files (one block each), one uint8 array of all images or
     an iterable of uint8 batches (one block), or a list of such iterables (one block each).
     `ref_stats` maps detector name -> .npz.
-    The paper reports the minimum over three blocks of 50k (EDM2-FACTS 9).
+    The paper reports the minimum over three blocks of 50k (EDM2 App. D).
     Returns {'blocks': [{source, n, seeds?, fid, fd_dinov2}], 'fid_min', 'fid_mean', ..., 'detectors', ...}.
     """
     dets = _as_list(detectors)

@@ -16,7 +16,7 @@ STATS_FORMAT = "edm2lib.stats/1"
 
 
 class FeatureStats:
-    """Running sum of features and of their outer products in float64 (EDM2-FACTS 9)."""
+    """Running sum of features and of their outer products in float64 (docs/metrics.md)."""
 
     def __init__(self, dim: int):
         self.dim = dim
@@ -74,7 +74,7 @@ class FeatureStats:
 
     @property
     def sigma(self) -> np.ndarray:
-        """Unbiased covariance (S - N mu mu^T) / (N - 1), float64 [dim, dim] (EDM2-FACTS 9)."""
+        """Unbiased covariance (S - N mu mu^T) / (N - 1), float64 [dim, dim] (docs/metrics.md)."""
         self._require()
         mu = self.sum / self.n
         return ((self.sum_sq - self.n * torch.outer(mu, mu)) / (self.n - 1)).cpu().numpy()

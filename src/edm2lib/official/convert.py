@@ -10,7 +10,6 @@ config rebuilt from the recorded constructor arguments, nimg/sigma_rel/gamma par
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from edm2lib import files
 from edm2lib.nn.networks import Precond, _jsonable
 from edm2lib.official.unpickler import PersistentRecord, load_official_pickle, module_tensors
 
-# Positional parameters of the official Precond, to name recorded `_init_args` (EDM2-FACTS 4.4).
+# Positional parameters of the official Precond, to name recorded `_init_args` (docs/official.md).
 _PRECOND_POSITIONAL = [
     "img_resolution",
     "img_channels",
@@ -32,23 +31,22 @@ _PRECOND_POSITIONAL = [
     "sigma_data",
     "logvar_channels",
 ]
-_NAME_RE = re.compile(r"-(\d+)-(\d+\.\d+)\.pkl$")  # ...-{kimg:07d}-{sigma_rel:.3f}.pkl
 
 
 def nimg_from_kimg(kimg: int) -> int | None:
-    """The unique multiple of 1024 images whose kimg (nimg // 1000) is `kimg`, or None (EDM2-FACTS 7)."""
+    """The unique multiple of 1024 images whose kimg (nimg // 1000) is `kimg`, or None (docs/official.md)."""
     nimg = (1000 * kimg + 999) // 1024 * 1024
     return nimg if nimg // 1000 == kimg else None
 
 
 def parse_name(path: str | Path) -> dict[str, Any]:
     """nimg, sigma_rel and gamma from an official file name; {} for names without them."""
-    match = _NAME_RE.search(Path(path).name)
-    if not match:
+    parsed = files.parse_official_name(Path(path).name)
+    if parsed is None:
         return {}
     from edm2lib.phema.profiles import sigma_rel_to_gamma
 
-    kimg, sigma_rel = int(match.group(1)), float(match.group(2))
+    kimg, sigma_rel = parsed
     meta: dict[str, Any] = {"sigma_rel": sigma_rel, "gamma": float(sigma_rel_to_gamma(sigma_rel))}
     nimg = nimg_from_kimg(kimg)
     if nimg is not None:
@@ -57,7 +55,7 @@ def parse_name(path: str | Path) -> dict[str, Any]:
 
 
 def precond_config(record: PersistentRecord) -> dict[str, Any]:
-    """`Precond` keywords from the constructor arguments recorded in the pickle (EDM2-FACTS 5.1)."""
+    """`Precond` keywords from the constructor arguments recorded in the pickle (docs/official.md)."""
     if record.class_name != "Precond":
         raise ValueError(f"'ema' is a {record.class_name}, expected the official Precond")
     args = record.state.get("_init_args", ())
@@ -75,7 +73,7 @@ def precond_config(record: PersistentRecord) -> dict[str, Any]:
 
 
 def encoder_description(record: Any) -> dict[str, Any]:
-    """The encoder description of docs/ARCHITECTURE.md for a recorded official encoder (EDM2-FACTS 6.6)."""
+    """The encoder description of docs/ARCHITECTURE.md for a recorded official encoder."""
     name = getattr(record, "class_name", None)
     if name == "StandardRGBEncoder":
         return {"kind": "pixels"}
@@ -85,7 +83,7 @@ def encoder_description(record: Any) -> dict[str, Any]:
         final_std = float(kwargs.get("final_std", 0.5))
         scale = np.asarray(state["scale"], dtype=np.float64).reshape(-1)
         bias = np.asarray(state["bias"], dtype=np.float64).reshape(-1)
-        # Invert scale = final_std / raw_std, bias = final_mean - raw_mean * scale (EDM2-FACTS 6.6).
+        # Invert scale = final_std / raw_std, bias = final_mean - raw_mean * scale (docs/ARCHITECTURE.md).
         raw_std = kwargs.get("raw_std", (final_std / scale).round(6).tolist())
         raw_mean = kwargs.get("raw_mean", ((final_mean - bias) / scale).round(6).tolist())
         return {

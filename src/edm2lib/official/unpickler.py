@@ -1,4 +1,4 @@
-"""Code-free reading of official EDM2 snapshot pickles: allow-list unpickler, inert records (EDM2-FACTS 5.1).
+"""Code-free reading of official EDM2 snapshot pickles: allow-list unpickler, inert records (docs/official.md)
 
 Nothing in the file is imported or executed: every global is looked up in `ALLOWED_GLOBALS`, persistent
 objects become `PersistentRecord`s whose embedded `module_src` is dropped unread, and each tensor storage
@@ -55,7 +55,7 @@ class _EasyDict(dict):
 
 
 def _reconstruct_persistent_obj(meta: Any) -> PersistentRecord:
-    # EDM2-FACTS 5.1: meta = {type, version, module_src, class_name, state}; module_src is never looked at.
+    # docs/official.md: meta = {type, version, module_src, class_name, state}; module_src is never looked at.
     if not isinstance(meta, dict) or meta.get("type") != "class" or not isinstance(meta.get("state"), dict):
         raise ValueError("persistent object record is not {type: 'class', class_name, state: dict, ...}")
     return PersistentRecord(str(meta.get("class_name")), dict(meta["state"]), meta.get("version"))
@@ -89,7 +89,7 @@ def _rebuild_parameter(data: Any, *_ignored: Any) -> torch.Tensor:
     return data
 
 
-# The exact globals an official snapshot pickle references (EDM2-FACTS 5.1), each mapped to what it becomes.
+# The exact globals an official snapshot pickle references (docs/official.md), each mapped to what it becomes.
 # numpy's array constructors are numpy's own (they only build arrays from already-unpickled values).
 ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
@@ -151,7 +151,7 @@ def load_official_pickle(path: str | Path) -> dict[str, Any]:
 
 
 def module_tensors(record: PersistentRecord | ModuleRecord, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(state_dict key, tensor) pairs of a recorded module tree, in `state_dict()` order (EDM2-FACTS 5.1)."""
+    """(state_dict key, tensor) pairs of a recorded module tree, in `state_dict()` order (docs/official.md)"""
     state = record.state
     non_persistent = set(state.get("_non_persistent_buffers_set") or ())
     for name, value in (state.get("_parameters") or {}).items():

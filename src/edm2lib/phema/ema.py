@@ -14,11 +14,6 @@ from edm2lib import files
 from edm2lib.phema.profiles import power_function_beta, sigma_rel_to_gamma
 
 
-def snapshot_name(nimg: int, sigma_rel: float) -> str:
-    """File name of an EMA snapshot (ARCHITECTURE: time in nimg, 12 digits)."""
-    return f"snapshot-{int(nimg):012d}-{sigma_rel:.3f}.safetensors"
-
-
 class PowerFunctionEMA:
     """fp32 power-function EMAs of a module's parameters, one per `sigma_rel` (EDM2 sec. 3.1).
 
@@ -48,7 +43,7 @@ class PowerFunctionEMA:
         live = self._live(net)
         for gamma, ema in zip(self.gammas, self.emas):
             beta = power_function_beta(cur_nimg, batch_size, gamma)  # first step: beta = 0 -> copy
-            torch._foreach_lerp_(ema, live, 1.0 - beta)  # EDM2-FACTS 7: ema <- ema + (1 - beta)(net - ema)
+            torch._foreach_lerp_(ema, live, 1.0 - beta)  # EDM2 Eq. 1: ema <- ema + (1 - beta)(net - ema)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Flat tensors for a safetensors checkpoint: `sigma_rels` and `ema.{index}.{param name}`."""
@@ -118,7 +113,7 @@ class PowerFunctionEMA:
             config = getattr(net, "config", None) or {}
         paths = []
         for sigma_rel, gamma in zip(self.sigma_rels, self.gammas):
-            path = Path(directory) / snapshot_name(nimg, sigma_rel)
+            path = Path(directory) / files.snapshot_name(nimg, sigma_rel)
             files.save_network(
                 path,
                 self.snapshot_state_dict(net, sigma_rel),

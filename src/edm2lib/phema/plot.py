@@ -12,7 +12,7 @@ from edm2lib.phema.profiles import posthoc_coefficients, profile_error, sigma_re
 
 
 def _profile(tau: np.ndarray, t: float, gamma: float) -> np.ndarray:
-    """p(tau) = (gamma+1) tau^gamma / t^(gamma+1) on [0, t], 0 after (EDM2-FACTS 7)."""
+    """p(tau) = (gamma+1) tau^gamma / t^(gamma+1) on [0, t], 0 after (EDM2 Sec. 3.1)."""
     return np.where(tau <= t, (gamma + 1) * np.minimum(tau / t, 1.0) ** gamma / t, 0.0)
 
 

@@ -23,7 +23,7 @@ def sigma_rel_to_gamma(sigma_rel: float | Sequence[float] | np.ndarray) -> float
     _check_sigma_rel(s.reshape(-1))
     out = []
     for v in s.reshape(-1):
-        # EDM2-FACTS 7 / EDM2 eq. 3: largest real root of g^3 + 7g^2 + (16 - s^-2)g + (12 - s^-2) = 0
+        # EDM2 App. C, Alg. 2: largest real root of g^3 + 7g^2 + (16 - s^-2)g + (12 - s^-2) = 0
         roots = np.roots([1.0, 7.0, 16.0 - v**-2, 12.0 - v**-2])
         out.append(roots[np.isreal(roots)].real.max())
     g = np.asarray(out, dtype=np.float64).reshape(s.shape)
@@ -35,7 +35,7 @@ def gamma_to_sigma_rel(gamma: float | np.ndarray) -> float | np.ndarray:
     g = np.asarray(gamma, dtype=np.float64)
     if np.any(~(g > 0)):
         raise ValueError(f"gamma {g.tolist()} must be > 0")
-    s = np.sqrt((g + 1) / ((g + 2) ** 2 * (g + 3)))  # EDM2-FACTS 7 / EDM2 eq. 3
+    s = np.sqrt((g + 1) / ((g + 2) ** 2 * (g + 3)))  # EDM2 Sec. 3.1, App. C: sigma_rel(gamma)
     return float(s) if s.ndim == 0 else s
 
 
@@ -43,13 +43,13 @@ def power_function_beta(nimg: float, batch_size: float, gamma: float) -> float:
     """EMA decay for one training step that advanced time to `nimg` by `batch_size` images."""
     if not 0 < batch_size <= nimg:
         raise ValueError(f"need 0 < batch_size ({batch_size}) <= nimg ({nimg}); call after advancing nimg")
-    return (1.0 - batch_size / nimg) ** (gamma + 1.0)  # EDM2-FACTS 7: beta = (1 - dt/t)^(gamma+1)
+    return (1.0 - batch_size / nimg) ** (gamma + 1.0)  # EDM2 Eq. 2, t in images: beta = (1 - dt/t)^(gamma+1)
 
 
 def profile_inner_product(t_a, gamma_a, t_b, gamma_b) -> np.ndarray:
     """<p_a, p_b> of two power-function profiles p(tau) = (gamma+1) tau^gamma / t^(gamma+1) on [0, t]."""
     t_a, gamma_a, t_b, gamma_b = (np.asarray(x, dtype=np.float64) for x in (t_a, gamma_a, t_b, gamma_b))
-    # EDM2-FACTS 7: closed form of the integral over [0, min(t_a, t_b)]
+    # EDM2 App. C, Alg. 2: closed form of the integral over [0, min(t_a, t_b)]
     ratio = (t_a / t_b) ** np.where(t_a < t_b, gamma_b, -gamma_a)
     return (gamma_a + 1) * (gamma_b + 1) * ratio / ((gamma_a + gamma_b + 1) * np.maximum(t_a, t_b))
 
@@ -79,7 +79,7 @@ def _solve(in_nimg, in_sigma_rel, out_nimg, out_sigma_rel):
     t_out, s_out = _targets(out_nimg, out_sigma_rel)
     _check_sigma_rel(s_out)
     g_in, g_out = sigma_rel_to_gamma(s_in).reshape(-1), sigma_rel_to_gamma(s_out).reshape(-1)
-    used_any = t_in > 0  # EDM2-FACTS 7: time-0 snapshots are ignored
+    used_any = t_in > 0  # docs/phema.md: time-0 snapshots are ignored
     if not used_any.any() or np.any(t_out < t_in[used_any].min()):
         first = t_in[used_any].min() if used_any.any() else None
         raise ValueError(
@@ -88,12 +88,12 @@ def _solve(in_nimg, in_sigma_rel, out_nimg, out_sigma_rel):
     X = np.zeros((t_in.size, t_out.size))
     err2, qq = np.zeros(t_out.size), np.zeros(t_out.size)
     for k in range(t_out.size):
-        idx = np.flatnonzero(used_any & (t_in <= t_out[k]))  # EDM2-FACTS 7: only 0 < t_i <= t_out
+        idx = np.flatnonzero(used_any & (t_in <= t_out[k]))  # docs/phema.md: only 0 < t_i <= t_out
         ti, gi = t_in[idx], g_in[idx]
         A = profile_inner_product(ti[:, None], gi[:, None], ti[None, :], gi[None, :])  # A_ij = <p_i, p_j>
         b = profile_inner_product(ti, gi, t_out[k], g_out[k])  # b_i = <p_i, q_k>
-        x = np.linalg.solve(A, b)  # EDM2-FACTS 7: dense unregularised solve
-        x = x / x.sum()  # EDM2-FACTS 7: column normalised to sum 1
+        x = np.linalg.solve(A, b)  # EDM2 Sec. 3.2, Alg. 2: dense unregularised solve
+        x = x / x.sum()  # docs/phema.md: column normalised to sum 1
         X[idx, k] = x
         qq[k] = profile_inner_product(t_out[k], g_out[k], t_out[k], g_out[k])
         err2[k] = x @ A @ x - 2 * x @ b + qq[k]  # ||sum_i x_i p_i - q||^2 via the Gram matrix

@@ -47,11 +47,6 @@ CHUNK_NUMEL = 1 << 20  # elements per input per read: (snapshots + targets) x 4 
 MAPPED_BYTES = 128 << 20  # reopen the inputs after reading this much: touched mapped pages count in RSS
 
 
-def output_name(nimg: int, sigma_rel: float) -> str:
-    """File name of a reconstruction (ARCHITECTURE: time in nimg, 12 digits)."""
-    return f"phema-{int(nimg):012d}-{sigma_rel:.3f}.safetensors"
-
-
 def find_snapshots(directory: str | os.PathLike) -> list[Path]:
     """The `snapshot-*.safetensors` files of a directory, converted official `network-snapshot-*` ones
     included (temporary files are hidden and skipped)."""
@@ -59,7 +54,7 @@ def find_snapshots(directory: str | os.PathLike) -> list[Path]:
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: snapshot directory not found")
     found = directory.glob("*snapshot-*.safetensors")
-    paths = sorted(p for p in found if p.name.startswith(("snapshot-", "network-snapshot-")))
+    paths = sorted(p for p in found if files.is_snapshot_name(p.name))
     if not paths:
         raise FileNotFoundError(
             f"{directory}: no snapshot-*.safetensors files; train with EMA snapshots first "
@@ -175,7 +170,7 @@ class _Mixer:
                 self.turn ^= 1
             inputs[i].copy_(part)  # fp16 -> fp32 on the fly
         if self.out is None:
-            torch.mm(self.coeffs_t, inputs, out=result)  # EDM2-FACTS 7: theta_k = sum_i X_ik theta_i
+            torch.mm(self.coeffs_t, inputs, out=result)  # EDM2 Sec. 3.2: theta_k = sum_i X_ik theta_i
         else:
             result.copy_(torch.mm(self.coeffs_t, inputs, out=self.out[: k * n].view(k, n)))
         return result
@@ -226,15 +221,15 @@ class _Plan:
         in_s = np.array([m["sigma_rel"] for _, m in inputs], dtype=np.float64)
         times = [int(in_t.max())] if out_nimg is None else [int(t) for t in np.atleast_1d(out_nimg)]
         self.targets = [(t, float(s)) for t in times for s in np.atleast_1d(out_sigma_rel)]
-        self.names = [output_name(t, s) for t, s in self.targets]
+        self.names = [files.phema_name(t, s) for t, s in self.targets]
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"targets {self.targets} repeat a file name; list each (nimg, sigma_rel) once")
         out_t = np.array([t for t, _ in self.targets], dtype=np.float64)
         out_s = np.array([s for _, s in self.targets], dtype=np.float64)
-        self.X = posthoc_coefficients(in_t, in_s, out_t, out_s)  # EDM2-FACTS 7: [inputs, outputs]
+        self.X = posthoc_coefficients(in_t, in_s, out_t, out_s)  # EDM2 Sec. 3.2: [inputs, outputs]
         self.errors = profile_error(in_t, in_s, out_t, out_s)
         self.gammas = np.atleast_1d(sigma_rel_to_gamma(out_s))
-        self.used = (in_t[:, None] > 0) & (in_t[:, None] <= out_t[None, :])  # EDM2-FACTS 7: 0 < t_i <= t_out
+        self.used = (in_t[:, None] > 0) & (in_t[:, None] <= out_t[None, :])  # docs/phema.md: 0 < t_i <= t_out
         self.rows = np.flatnonzero(self.used.any(axis=1))  # inputs no target uses are never read
         self.last = [int(np.flatnonzero(self.used[:, k]).max()) for k in range(len(self.targets))]
 
@@ -286,7 +281,7 @@ def reconstruct(
 
     `snapshot_paths`: snapshot files or a directory of them. `out_nimg`: one time or a list of times
     (default: the latest snapshot time); the grid is times x `out_sigma_rel`. Parameters are averaged
-    (EDM2-FACTS 7), buffers (metadata `buffers`, else non-float tensors) come from the last input used.
+    (EDM2 Sec. 3.2), buffers (metadata `buffers`, else non-float tensors) come from the last input used.
     """
     if isinstance(snapshot_paths, str | os.PathLike):
         snapshot_paths = find_snapshots(snapshot_paths) if Path(snapshot_paths).is_dir() else [snapshot_paths]

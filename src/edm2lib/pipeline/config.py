@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from edm2lib import files
+
 FINAL = "final"  # `nimg: final` = the end of a run's training
 SAME = "same"  # guide `sigma_rel: same` = the sigma_rel of the point being guided (CFG in the paper)
 
@@ -30,12 +32,7 @@ class Point:
     @property
     def name(self) -> str:
         """Directory name of the point, e.g. `000000131072-0.100-ag` (nimg zero-padded to 12 digits)."""
-        return f"{self.nimg:012d}-{self.sigma_rel:.3f}-{self.guidance}"
-
-
-def phema_name(nimg: int, sigma_rel: float) -> str:
-    """File name of a post-hoc EMA reconstruction (ARCHITECTURE.md: data flow)."""
-    return f"phema-{nimg:012d}-{sigma_rel:.3f}.safetensors"
+        return files.point_name(self.nimg, self.sigma_rel, self.guidance)
 
 
 def _path(parts: list[Any]) -> str:

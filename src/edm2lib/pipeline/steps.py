@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from edm2lib import files
 from edm2lib.files import atomic_write_text, read_network_meta
 
 
@@ -119,13 +120,12 @@ def write_training_config(run: Mapping[str, Any], data: str, out_yaml: str | Pat
 
 def write_trained(config_yaml: str | Path, out_json: str | Path) -> dict[str, Any]:
     """After training exited 0: check that the final snapshots exist and list every snapshot in `out_json`."""
-    from edm2lib.phema.ema import snapshot_name
     from edm2lib.phema.reconstruct import find_snapshots
     from edm2lib.training.config import TrainConfig
 
     cfg = TrainConfig.load(config_yaml)
     snapshots = find_snapshots(Path(cfg.run_dir) / "snapshots")
-    final = [Path(cfg.run_dir) / "snapshots" / snapshot_name(cfg.duration, s) for s in cfg.sigma_rels]
+    final = [Path(cfg.run_dir) / "snapshots" / files.snapshot_name(cfg.duration, s) for s in cfg.sigma_rels]
     missing = [str(p) for p in final if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"training of {cfg.run_dir} ended without its final snapshots {missing}")

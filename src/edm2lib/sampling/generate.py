@@ -36,7 +36,7 @@ def _dist() -> tuple[int, int]:
 def rank_batches(num_seeds: int, batch_size: int, rank: int, world: int) -> list[np.ndarray]:
     """Index chunks of this rank: world * ceil(n / (batch * world)) near-equal chunks, rank r takes r::world.
 
-    The official split (EDM2-FACTS 6.4); results do not depend on it because every image has its own seed.
+    The official split (docs/sampling.md); results do not depend on it because every image has its own seed.
     """
     num_batches = world * max(math.ceil(num_seeds / (batch_size * world)), 1)
     chunks = np.array_split(np.arange(num_seeds), num_batches)

@@ -25,7 +25,7 @@ def seed_noise_and_labels(
     device: str | torch.device = "cpu",
     class_idx: int | None = None,
 ) -> SeedDraw:
-    """Draw each image's noise and class from its own CPU generator, seeded `seed mod 2^32` (EDM2-FACTS 8).
+    """Draw each image's noise and class from its own CPU generator, seeded `seed mod 2^32` (docs/sampling.md)
 
     Per seed: randn(shape) then randint(label_dim) from the same generator, as the official sampler does on
     CPU, so an image depends only on its seed (not on the batch or rank split). Drawing on CPU and moving to
@@ -49,7 +49,7 @@ def seed_noise_and_labels(
 def step_sigmas(
     num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
 ) -> torch.Tensor:
-    """Noise levels t_0 > ... > t_{N-1} = sigma_min, then t_N = 0, in float64 (EDM eq. 5; EDM2-FACTS 8)."""
+    """Noise levels t_0 > ... > t_{N-1} = sigma_min, then t_N = 0, in float64 (EDM Eq. 5)."""
     if num_steps < 2:
         raise ValueError(f"num_steps={num_steps}: the EDM schedule needs at least 2 steps")
     if not 0 < sigma_min < sigma_max:
@@ -190,7 +190,7 @@ def edm_sampler(
         if not _guided_at(sigma, guidance, interval):
             return D
         D_g = gnet(x, s, glabels).to(dtype)
-        return D_g + guidance * (D - D_g)  # EDM2-FACTS 8: guidance as a lerp from the guide
+        return D_g + guidance * (D - D_g)  # docs/sampling.md: guidance as a lerp from the guide
 
     def churn_noise(like: torch.Tensor) -> torch.Tensor:
         if generators is None:

@@ -14,7 +14,6 @@ Nothing is pickled; the directory appears under its final name only once complet
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import warnings
 from collections.abc import Mapping
@@ -27,12 +26,11 @@ from edm2lib import files
 
 FORMAT = "edm2lib.checkpoint/1"
 SUMS = "SHA256SUMS"
-_NAME = re.compile(r"^ckpt-(\d{12})$")
 
 
 def checkpoint_dir(run_dir: str | Path, nimg: int) -> Path:
     """`run_dir/checkpoints/ckpt-{nimg:012d}`."""
-    return Path(run_dir) / "checkpoints" / f"ckpt-{int(nimg):012d}"
+    return Path(run_dir) / "checkpoints" / files.checkpoint_name(nimg)
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -95,10 +93,10 @@ def save(
 
 def nimg_of(path: str | Path) -> int:
     """Training time recorded in a checkpoint directory's name."""
-    m = _NAME.match(Path(path).name)
-    if m is None:
+    nimg = files.parse_checkpoint_name(Path(path).name)
+    if nimg is None:
         raise ValueError(f"{path}: not a checkpoint directory name (ckpt-<12 digits>)")
-    return int(m.group(1))
+    return nimg
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
@@ -106,7 +104,8 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _NAME.match(p.name))]
+    named = [(files.parse_checkpoint_name(p.name), p) for p in root.iterdir() if p.is_dir()]
+    found = [(nimg, p) for nimg, p in named if nimg is not None]
     return sorted(found)
 
 

@@ -27,9 +27,9 @@ class TrainConfig:
     duration: int = 2048 * _MI  # training length in images
     lr_ref: float = 0.01  # alpha_ref (EDM2 eq. 16)
     t_ref: int = 70000 * 2048  # images before the lr starts decaying (EDM2 eq. 16; 70k batches of 2048)
-    warmup: int = 10_000_000  # linear lr warm-up length in images (EDM2-FACTS 6.2)
-    P_mean: float = -0.4  # mean of ln(sigma) in training (EDM2-FACTS 6.1)
-    P_std: float = 1.0  # std of ln(sigma) in training (EDM2-FACTS 6.1)
+    warmup: int = 10_000_000  # linear lr warm-up length in images (EDM2 Fig. 22)
+    P_mean: float = -0.4  # mean of ln(sigma) in training (EDM2 App. B.2, Fig. 22)
+    P_std: float = 1.0  # std of ln(sigma) in training (EDM2 App. B.2, Fig. 22)
     sigma_rels: tuple[float, ...] = (0.05, 0.10)  # power-function EMA widths tracked online (EDM2 sec. 3)
     snapshot_nimg: int = 8 * _MI  # EMA snapshot interval in images (0: only at the end)
     checkpoint_nimg: int = 128 * _MI  # checkpoint interval in images (0: none), besides the time interval
@@ -43,7 +43,7 @@ class TrainConfig:
     dtype: str = (
         "fp32"  # activations: fp32, bf16 or fp16 (fp16 computes in fp32 on CPU, as the official code)
     )
-    loss_scaling: float = 1.0  # plain loss multiplier, gradients not unscaled (EDM2-FACTS 6.2)
+    loss_scaling: float = 1.0  # plain loss multiplier, gradients not unscaled (docs/official.md)
     deterministic: bool = False  # torch deterministic algorithms (tests, exact-resume checks)
     requeue: str = "auto"  # on preemption under SLURM: scontrol requeue (auto: if the job is requeueable)
 

@@ -35,7 +35,7 @@ from edm2lib.training.stream import ShardedSampler, derive_seed, make_generator
 
 @torch.no_grad()
 def zero_nonfinite_grads(params: list[torch.nn.Parameter]) -> torch.Tensor:
-    """Replace NaN/Inf gradient entries by 0 (EDM2-FACTS 6.2, force_finite); return how many there were."""
+    """Replace NaN/Inf gradient entries by 0 (EDM2 App. D.2); return how many there were."""
     count = torch.zeros([], dtype=torch.int64, device=params[0].device)
     for p in params:
         if p.grad is not None:
@@ -63,7 +63,7 @@ class Trainer:
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
-        torch.backends.cuda.matmul.allow_tf32 = False  # EDM2-FACTS 6.3: no TF32, no reduced fp16 reductions
+        torch.backends.cuda.matmul.allow_tf32 = False  # docs/official.md: no TF32, no reduced fp16 reductions
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
 
@@ -71,7 +71,7 @@ class Trainer:
         self.net = Precond(**self.net_kwargs).to(self.device).train()
         self.params = list(self.net.parameters())
         self.mpconvs = [m for m in self.net.modules() if isinstance(m, MPConv)]
-        self.optimizer = torch.optim.Adam(self.params, lr=0.0, betas=(0.9, 0.99), eps=1e-8)  # EDM2-FACTS 6.2
+        self.optimizer = torch.optim.Adam(self.params, lr=0.0, betas=(0.9, 0.99), eps=1e-8)  # EDM2 App. B.2
         self.ema = PowerFunctionEMA(self.net, cfg.sigma_rels)
         self.sampler = ShardedSampler(
             len(self.dataset), cfg.seed, self.dist.rank, self.dist.world_size, self.batch_gpu
@@ -211,7 +211,7 @@ class Trainer:
         indices = self.sampler.positions(positions.start, len(positions))
         if not isinstance(self.dataset, LatentDataset):
             return self.dataset.get_batch(indices)
-        # a fresh latent sample per example and use (EDM2-FACTS 6.6), seeded by its stream position
+        # a fresh latent sample per example and use (EDM2 App. B.1), seeded by its stream position
         raw, codec = self.dataset.raw(indices), self.dataset.codec
         x = [codec.encode_batch(raw[i : i + 1], make_generator("cpu", "latent", self.cfg.seed, q))
              for i, q in enumerate(positions)]  # fmt: skip
@@ -256,7 +256,7 @@ class Trainer:
                 loss = edm2_loss(
                     self.model, images, labels, sigma_data=self.net.sigma_data, sigma=sigma, noise=noise
                 )
-                # EDM2-FACTS 6.1: sum over pixels, mean over the global batch (DDP averages over ranks)
+                # docs/official.md: sum over pixels, mean over the global batch (DDP averages over ranks)
                 (loss.sum() * (cfg.loss_scaling / (self.batch_gpu * self.rounds))).backward()
             loss_sum += loss.detach().sum()
         for m in self.mpconvs:
@@ -266,7 +266,7 @@ class Trainer:
         self.nonfinite_steps += (bad > 0).long()
         self.optimizer.step()
         self.nimg += cfg.batch
-        self.ema.update(self.net, self.nimg, cfg.batch)  # EDM2-FACTS 7: after the step, nimg advanced
+        self.ema.update(self.net, self.nimg, cfg.batch)  # EDM2 Eq. 1: after the step, nimg advanced
         return loss_sum
 
     def run(self) -> dict[str, Any]:

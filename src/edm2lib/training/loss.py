@@ -28,12 +28,12 @@ def edm2_loss(
     """
     if sigma is None:
         rnd_normal = torch.randn([images.shape[0], 1, 1, 1], device=images.device, generator=generator)
-        sigma = (rnd_normal * P_std + P_mean).exp()  # ln(sigma) ~ N(P_mean, P_std^2) (EDM2-FACTS 6.1)
+        sigma = (rnd_normal * P_std + P_mean).exp()  # ln(sigma) ~ N(P_mean, P_std^2) (EDM Table 1)
     if noise is None:
         noise = torch.randn(images.shape, device=images.device, dtype=images.dtype, generator=generator)
-    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2  # lambda(sigma) (EDM2-FACTS 6.1)
+    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2  # lambda(sigma) (EDM2 Eq. 15)
     denoised, logvar = net(images + noise * sigma, sigma, labels, return_logvar=True)
-    # Uncertainty-weighted loss, u(sigma) learned (EDM2-FACTS 6.1).
+    # Uncertainty-weighted loss, u(sigma) learned (EDM2 Eq. 21).
     return (weight / logvar.exp()) * (denoised - images) ** 2 + logvar
 
 
@@ -52,7 +52,7 @@ def draw_noise(
         g = make_generator(device, "noise", seed, q)
         torch.randn([1, 1, 1], generator=g, out=sigma[i])
         torch.randn(shape, generator=g, out=noise[i])
-    return (sigma * P_std + P_mean).exp(), noise  # ln(sigma) ~ N(P_mean, P_std^2) (EDM2-FACTS 6.1)
+    return (sigma * P_std + P_mean).exp(), noise  # ln(sigma) ~ N(P_mean, P_std^2) (EDM Table 1)
 
 
 def learning_rate(nimg: int, lr_ref: float, t_ref: float, warmup: float = 10_000_000) -> float:
@@ -60,7 +60,7 @@ def learning_rate(nimg: int, lr_ref: float, t_ref: float, warmup: float = 10_000
 
     `t_ref` and `warmup` are in images (the paper gives t_ref in batches: multiply by the batch size).
     """
-    # EDM2 eq. 16 / EDM2-FACTS 6.2: alpha_ref / sqrt(max(t / t_ref, 1)), times a linear warm-up
+    # EDM2 Eq. 67: alpha_ref / sqrt(max(t / t_ref, 1)), times a linear warm-up
     if nimg < 0 or t_ref <= 0 or warmup < 0:
         raise ValueError(
             f"learning_rate: need nimg >= 0, t_ref > 0, warmup >= 0 (got {nimg}, {t_ref}, {warmup})"
