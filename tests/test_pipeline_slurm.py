@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -25,8 +26,9 @@ def cluster_up() -> bool:
     return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=30).returncode == 0
 
 
-def workflow_profile(tmp: Path) -> Path:
-    """profiles/default scaled to the test node: the same DDP shape (mpi srun, one rank per fake GPU)."""
+def workflow_profile(tmp: Path, **train) -> Path:
+    """profiles/default scaled to the test node: the same DDP shape (mpi srun, one rank per fake GPU);
+    `train` overrides the training rule's resources (None drops one)."""
     profile = yaml.safe_load((ROOT / "profiles" / "default" / "config.yaml").read_text())
     small = {"cpus_per_task": 1, "mem_mb": 600, "runtime": 10}
     resources = {
@@ -36,6 +38,8 @@ def workflow_profile(tmp: Path) -> Path:
     resources["train"].update(
         gpu=2, tasks=2, tasks_per_gpu=1, mem_mb=1500, runtime=20, slurm_extra="--signal=USR1@60 --requeue"
     )
+    resources["train"].update(train)
+    resources["train"] = {k: v for k, v in resources["train"].items() if v is not None}
     out = tmp / "wfprofile"
     out.mkdir()
     (out / "config.yaml").write_text(yaml.safe_dump({**profile, "set-resources": resources}))
@@ -66,7 +70,14 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen, log: 
     pytest.fail(f"timed out waiting for {what}:\n{log.read_text()[-4000:]}")
 
 
-@pytest.mark.skipif(not cluster_up(), reason=f"no local SLURM cluster (.ci/slurm-up writes {PROFILE})")
+NO_CLUSTER = (
+    f"no local SLURM cluster: as root run .ci/slurm-up (installs Debian's slurmctld slurmd slurm-client munge"
+    f" with apt-get, starts two loopback nodes, writes {PROFILE}); without root install those packages and"
+    " point EDM2LIB_SLURM_PROFILE at a Snakemake profile for your cluster"
+)
+
+
+@pytest.mark.skipif(not cluster_up(), reason=NO_CLUSTER)
 def test_slurm_pipeline_trains_two_ranks_survives_usr1_and_finishes(tmp_path):
     run = {
         "preset": "edm2-tiny",
@@ -147,3 +158,76 @@ def test_slurm_pipeline_trains_two_ranks_survives_usr1_and_finishes(tmp_path):
     print("rules submitted with sbatch:", sbatched)
     assert {"prepare", "refstats", "train", "phema", "sample", "score"} <= set(sbatched)
     assert (tmp_path / "results" / "fid_table.csv").read_text().count("\n") == 2
+
+
+def rank_processes() -> dict[int, tuple[int, str]]:
+    """SLURM rank -> (pid, node name) of the training processes srun started on this host."""
+    ranks = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if b"edm2lib.training" not in (proc / "cmdline").read_bytes():
+                continue
+            env = dict(
+                item.split("=", 1) for item in (proc / "environ").read_text().split("\0") if "=" in item
+            )
+        except OSError:
+            continue
+        if "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:
+            ranks[int(env["SLURM_PROCID"])] = (int(proc.name), env.get("SLURMD_NODENAME", "?"))
+    return ranks
+
+
+@pytest.mark.skipif(not cluster_up(), reason=NO_CLUSTER)
+def test_slurm_training_on_two_nodes_by_two_tasks_survives_usr1_to_one_rank(tmp_path):
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True).stdout.split()
+    if len(set(nodes)) < 2:
+        pytest.skip(f"the SLURM cluster has one node ({nodes}); .ci/slurm-up starts two emulated nodes")
+    run = {"preset": "edm2-tiny", "duration": 512, "batch": 8, "snapshot_nimg": 256, "checkpoint_nimg": 256}
+    run |= {"status_nimg": 64, "t_ref": 256, "warmup": 64}
+    config = ci_config(tmp_path, runs={"tiny": run}, phema={"sigma_rel": [0.10]})
+    # 2 nodes x 2 ranks, one per fake GPU; the ranks take RANK/WORLD_SIZE/LOCAL_RANK from srun's variables.
+    # Emulated node names do not resolve, so the rendezvous address comes from an exported MASTER_ADDR
+    # (sbatch --export=ALL passes it on; a real cluster resolves the first node of SLURM_JOB_NODELIST).
+    profile = workflow_profile(
+        tmp_path,
+        nodes=2,
+        tasks=4,
+        tasks_per_gpu=None,
+        gpu=None,
+        mem_mb=2500,
+        slurm_extra="--gpus-per-node=2 --ntasks-per-node=2 --signal=USR1@60 --requeue",
+    )
+    log = tmp_path / "snakemake.log"
+    cmd = [sys.executable, "-m", "snakemake", "runs/tiny/trained.json", "-s", str(SNAKEFILE)]
+    cmd += ["-d", str(tmp_path), "--profile", str(PROFILE), "--workflow-profile", str(profile)]
+    cmd += ["--configfile", str(config)]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    train_log = tmp_path / "runs" / "tiny" / "log.txt"
+    try:
+        ranks = wait_for(lambda: len(r := rank_processes()) == 4 and r, 400, "4 ranks", proc, log)
+        stepped = lambda: train_log.is_file() and " nimg " in train_log.read_text()  # noqa: E731
+        wait_for(stepped, 300, "training steps", proc, log)
+        os.kill(ranks[3][0], signal.SIGUSR1)  # one rank only: the others learn of it through the collective
+        print(f"\nranks (pid, node): {ranks}; sent USR1 to rank 3")
+
+        def requeued_or_done():
+            for jid, state, reason in squeue("train", tmp_path):
+                if state == "PENDING" and reason == "BeginTime":  # requeued: skip SLURM's ~2 min hold
+                    subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], check=False)
+            return (tmp_path / "runs" / "tiny" / "trained.json").is_file()
+
+        wait_for(requeued_or_done, 600, "the resumed training to finish", proc, log)
+        assert proc.wait(timeout=300) == 0, log.read_text()[-4000:]
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=60)
+            subprocess.run(["scancel", "--me"], check=False)
+    text = train_log.read_text()
+    print(text)
+    assert sorted(node for _, node in ranks.values()) == sorted(nodes[:2] * 2)  # two ranks on each node
+    assert "4 rank(s) on cpu" in text
+    assert "preempted by signal 10" in text
+    assert "resumed from" in text and "nimg          512" in text
