@@ -47,7 +47,8 @@ def _message(error: Any) -> str:
     """One line for a jsonschema error: where, what, and where the keys are documented."""
     where = _path(list(error.absolute_path))
     if error.validator == "pattern" and error.schema.get("pattern") == NAME_PATTERN:
-        return f"config: {where}: name {error.instance!r} must use only A-Z a-z 0-9 _ . - and not start with '.' or contain '..'"
+        rule = "must use only A-Z a-z 0-9 _ . - and not start with '.' or contain '..'"
+        return f"config: {where}: name {error.instance!r} {rule}"
     if error.validator == "additionalProperties":
         return f"config: {where}: {error.message}; the allowed keys are listed in config/README.md"
     return f"config: {where}: {error.message} (see config/README.md)"
@@ -243,7 +244,7 @@ def train_params(config: dict, run: str) -> dict[str, Any]:
 
 
 def detector_settings(config: dict, detectors: list[str]) -> dict[str, Any]:
-    """The `metrics` keys a detector's features depend on (weights, random-init switch, sizes), per detector."""
+    """The `metrics` keys the detectors' features depend on (weights, random-init switch, sizes)."""
     m = config["metrics"]
     return {
         "detectors": list(detectors),
