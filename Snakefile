@@ -13,6 +13,9 @@ if not workflow.config_settings.configfiles:
 validate_config(config, workflow.source_path("workflow/schemas/config.schema.yaml"))
 
 
+report: "workflow/report/workflow.rst"  # `snakemake --report`: shows the effective config
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/prepare.smk"
 include: "workflow/rules/encode.smk"

@@ -209,3 +209,11 @@ def test_stale_training_stops_before_training_naming_the_changed_key(ran, tmp_pa
     assert re.search(r"lr_ref: [0-9.]+ -> 0.02", line) and "delete" in line
     assert "not retried" in output  # the retries repeated the message instead of training again
     assert sorted(p.name for p in (work / "runs" / "tiny" / "checkpoints").iterdir()) == checkpoints
+
+
+def test_effective_config_is_written_and_shown_in_the_report(ran):
+    effective = yaml.safe_load((ran / "results" / "config.effective.yaml").read_text())
+    assert effective["runs"]["tiny"]["seed"] == 0 and effective["metrics"]["download"] is False  # + defaults
+    snakemake(ran, "--report", str(ran / "report.html"), "--configfile", str(ran / "config.yaml"))
+    html = (ran / "report.html").read_text()
+    assert "effective config" in html and '"tiny"' in html
