@@ -60,6 +60,13 @@ def test_shipped_configs_pass_the_schema(name):
         ),
         (lambda c: c["runs"]["tiny"].update(duration=250), "runs.tiny: duration 250 is not a multiple of"),
         (lambda c: c["phema"].update(sigma_rel=[0.1, 0.1001]), "values must differ in the first 3 decimals"),
+        (lambda c: c["runs"].update({"..": c["runs"]["tiny"]}), "runs: name '..' must use only A-Z"),
+        (lambda c: c["runs"].update({"a..b": c["runs"]["tiny"]}), "contain '..'"),
+        (lambda c: c["data"].update(name="../x"), "data.name: name '../x' must use only"),
+        (
+            lambda c: c["guidance"]["ag"].update(interval=[2.0, 0.5]),
+            "guidance.ag.interval: [2.0, 0.5] must be [low, high] with low < high",
+        ),
     ],
     ids=[
         "unknown-key",
@@ -71,6 +78,10 @@ def test_shipped_configs_pass_the_schema(name):
         "guide-time-not-a-snapshot",
         "duration-not-snapshot-multiple",
         "sigma-rel-duplicate",
+        "run-name-dotdot",
+        "run-name-inner-dotdot",
+        "data-name-path",
+        "guidance-interval-order",
     ],
 )
 def test_bad_config_gives_one_line_naming_the_key(edit, message):
@@ -96,16 +107,16 @@ def test_bad_config_stops_snakemake_before_any_job(tmp_path):
 def test_points_are_runs_times_grid_times_guidance_and_guide_runs_are_not_sampled():
     config = check(load("imagenet512.yaml"))
     points = pipeline.points(config)
-    assert len(points) == 6 * 31 * 2
+    assert len(points) == 6 * 32 * 3
     assert {p.run for p in points} == {"xs", "s", "m", "l", "xl", "xxl"}
-    assert {p.guidance for p in points if p.run == "m"} == {"none", "cfg12"}
+    assert {p.guidance for p in points if p.run == "m"} == {"none", "cfg12", "cfg20"}
     assert points[0].name == "002147483648-0.010-none"
     # the CFG guide is the unconditional XS at the guided point's sigma_rel (the paper's setting)
     cfg = next(
-        p for p in points if p.run == "l" and p.guidance == "cfg12" and abs(p.sigma_rel - 0.082) < 1e-9
+        p for p in points if p.run == "l" and p.guidance == "cfg12" and abs(p.sigma_rel - 0.085) < 1e-9
     )
-    assert pipeline.guide_target(config, cfg) == ("xs_uncond", 2147483648, 0.082)
-    assert len(pipeline.phema_targets(config, "xs_uncond")) == 31
+    assert pipeline.guide_target(config, cfg) == ("xs_uncond", 2147483648, 0.085)
+    assert len(pipeline.phema_targets(config, "xs_uncond")) == 32
     assert pipeline.seed_range(config, 2) == (100000, 150000)
 
 
@@ -177,10 +188,50 @@ def test_dry_run_of_the_imagenet512_paper_grid_counts_every_job(tmp_path):
     print(
         f"\nimagenet512 dry run: {sum(counts.values())} jobs in {seconds:.1f} s (snakemake start-up included)"
     )
-    points = 6 * 31 * 2  # six models x 31 sigma_rel x (no guidance, CFG)
-    assert counts["train"] == 7 and counts["phema"] == 7  # + the unconditional XS guide
+    points = 6 * 32 * 3  # six models x 32 sigma_rel x (no guidance, FID-optimal CFG, FD-DINOv2-optimal CFG)
+    assert counts["train"] == 7 and counts["phema"] == 7  # + the unconditional XS guide (no demo run)
     assert counts["sample"] == counts["score"] == points * 3  # three seed blocks of 50k
     assert counts["encode"] == counts["prepare"] == counts["table"] == 1 and counts["refstats"] == 2
+
+
+@pytest.mark.parametrize("name", ["imagenet512.yaml", "imagenet64.yaml", "ci.yaml"])
+def test_a_config_file_is_the_whole_config_and_is_written_back(tmp_path, name):
+    """From the repository root (where config/config.yaml, the demo, lives): nothing of the demo is merged
+    in; results/config.effective.yaml is the file plus the schema's defaults."""
+    proc = snakemake(
+        tmp_path, "prepare", "--cores", "1", "--touch", "--configfile", str(ROOT / "config" / name)
+    )
+    assert "prepare" in job_counts(proc.stdout + proc.stderr)
+    effective = yaml.safe_load((tmp_path / "results" / "config.effective.yaml").read_text())
+    assert effective == check(load(name))
+    demo = load("config.yaml")
+    assert set(effective["runs"]).isdisjoint(demo["runs"])
+    assert effective["data"]["max_images"] == load(name)["data"].get("max_images")
+    assert not (tmp_path / "data").exists()  # --touch made no data
+
+
+def test_without_a_config_file_the_demo_config_applies(tmp_path):
+    proc = snakemake(tmp_path, "-n", "prepare")
+    assert "data/fashion-mnist/images.h5" in proc.stdout
+
+
+def test_paper_configs_contain_every_published_optimum_and_fit_80gb_gpus():
+    from edm2lib.pipeline import paper
+
+    for name in ("imagenet512.yaml", "imagenet64.yaml"):
+        config = check(load(name))
+        grid = {round(s, 3) for s in config["phema"]["sigma_rel"]}
+        for run_name in pipeline.sampled_runs(config):
+            run = config["runs"][run_name]
+            published = paper.results_for(run["preset"])
+            assert published, run["preset"]
+            weights = {config["guidance"][g]["w"] for g in pipeline.run_guidance(config, run_name)}
+            for result in published:
+                assert result.sigma_rel in grid, (name, result)
+                assert result.w in weights, (name, run_name, result)  # 1.0 = the unguided row
+        for run in config["runs"].values():
+            assert run["batch_gpu"] == 32 and run["batch"] % (8 * run["batch_gpu"]) == 0  # 8 GPUs per node
+    assert paper.lookup("edm2-img512-s", paper.FD_DINOV2, True).w == 1.9
 
 
 def test_changed_grid_or_guidance_changes_only_dependent_targets(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 from pathlib import Path
 
@@ -151,3 +152,68 @@ def test_missing_data_folder_fails_prepare_naming_the_folder(tmp_path):
     )
     assert proc.returncode != 0
     assert f"{tmp_path / 'no-such-folder'}" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "section, values",
+    [("sampling", {"batch": 4}), ("metrics", {"batch": 4, "download": True}), ("data", {"encode_batch": 2})],
+    ids=["sampling.batch", "metrics.batch", "data.encode_batch"],
+)
+def test_performance_only_edit_plans_no_job_and_no_param_change(ran, section, values):
+    config = edited(ran, section, values)
+    proc = snakemake(ran, "-n", "--configfile", str(config))
+    assert job_counts(proc.stdout) == {}
+    changes = snakemake(ran, "--list-changes", "params", "--configfile", str(config))
+    assert [ln for ln in changes.stdout.splitlines() if ln.strip() and "/" in ln] == []
+
+
+def test_runtime_training_keys_rerun_nothing(ran):
+    config = yaml.safe_load((ran / "config.yaml").read_text())
+    config["runs"]["tiny"].update(checkpoint_minutes=3, status_nimg=128, batch_gpu=4)
+    path = ran / "runtime-edit.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert job_counts(snakemake(ran, "-n", "--configfile", str(path)).stdout) == {}
+
+
+def test_num_steps_or_guidance_weight_reruns_exactly_the_dependent_samples_and_scores(ran):
+    steps = snakemake(ran, "-n", "--configfile", str(edited(ran, "sampling", {"num_steps": 5})))
+    assert job_counts(steps.stdout) == {"sample": 3, "score": 3, "table": 1, "all": 1}  # 3 sigma_rel x ag
+    weight = edited(
+        ran, "guidance", {"ag": {"w": 2.0, "guide": {"run": "tiny", "nimg": 128, "sigma_rel": 0.1}}}
+    )
+    assert job_counts(snakemake(ran, "-n", "--configfile", str(weight)).stdout) == {
+        "sample": 3,
+        "score": 3,
+        "table": 1,
+        "all": 1,
+    }
+
+
+def test_stale_training_stops_before_training_naming_the_changed_key(ran, tmp_path):
+    work = tmp_path / "copy"
+    shutil.copytree(ran, work, symlinks=True)
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["runs"]["tiny"]["lr_ref"] = 0.02
+    path = work / "lr-edit.yaml"
+    path.write_text(yaml.safe_dump(config))
+    plan = snakemake(work, "-n", "--configfile", str(path))
+    counts = job_counts(plan.stdout)
+    assert counts["train_config"] == counts["train"] == counts["phema"] == 1
+    print("\ndry run after an lr_ref edit:", counts)
+    checkpoints = sorted(p.name for p in (work / "runs" / "tiny" / "checkpoints").iterdir())
+    proc = snakemake(work, "--cores", "1", "--configfile", str(path), "runs/tiny/trained.json", check=False)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    line = next(ln for ln in output.splitlines() if "another identity" in ln)
+    print("message:", line)
+    assert re.search(r"lr_ref: [0-9.]+ -> 0.02", line) and "delete" in line
+    assert "not retried" in output  # the retries repeated the message instead of training again
+    assert sorted(p.name for p in (work / "runs" / "tiny" / "checkpoints").iterdir()) == checkpoints
+
+
+def test_effective_config_is_written_and_shown_in_the_report(ran):
+    effective = yaml.safe_load((ran / "results" / "config.effective.yaml").read_text())
+    assert effective["runs"]["tiny"]["seed"] == 0 and effective["metrics"]["download"] is False  # + defaults
+    snakemake(ran, "--report", str(ran / "report.html"), "--configfile", str(ran / "config.yaml"))
+    html = (ran / "report.html").read_text()
+    assert "effective config" in html and '"tiny"' in html

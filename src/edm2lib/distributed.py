@@ -86,9 +86,30 @@ def _slurm_env() -> dict[str, str] | None:
     return out
 
 
+def cuda_device_nodes() -> list[str]:
+    """The NVIDIA device files of this machine (/dev/nvidia0, ...): present when it has CUDA GPUs."""
+    from pathlib import Path
+
+    return sorted(str(p) for p in Path("/dev").glob("nvidia[0-9]*"))
+
+
 def pick_device(requested: str, local_rank: int) -> torch.device:
-    """`auto`: cuda:LOCAL_RANK (modulo the visible GPUs) when CUDA is available, else cpu."""
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+    """`auto`: cuda:LOCAL_RANK (modulo the visible GPUs) when CUDA works; cpu only when the machine has no
+    CUDA device; a GPU machine whose CUDA fails to initialise is an error, not a silent CPU run."""
+    if requested == "auto" and not torch.cuda.is_available():
+        nodes = cuda_device_nodes()
+        if not nodes:
+            return torch.device("cpu")
+        try:
+            torch.cuda.init()
+            reason = "torch.cuda.is_available() is False"
+        except Exception as error:  # the driver's own message says what is broken
+            reason = str(error).replace("\n", " ")
+        raise ValueError(
+            f"device auto: CUDA device(s) {', '.join(nodes)} present but CUDA "
+            f"does not initialise ({reason}); fix the driver/CUDA install, or set device: cpu"
+        )
+    if requested == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise ValueError(f"device '{requested}' requested but CUDA is not available; use device: cpu or auto")

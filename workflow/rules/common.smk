@@ -1,23 +1,25 @@
-# Paths and input functions shared by the rules; the config logic itself lives in edm2lib.pipeline.
+# Paths, wildcards and input/params functions shared by the rules; the config logic lives in edm2lib.pipeline.
 from edm2lib import files
 from edm2lib.pipeline import config as pipeline
+from edm2lib.pipeline.steps import training_identity
 
 DATA = f"data/{config['data']['name']}"
+ENV = "../envs/edm2lib.yaml"  # every rule's software environment (`--software-deployment-method conda`)
 POINTS = pipeline.points(config)
 BLOCKS = range(config["sampling"]["seed_blocks"])
+SEEDS = {b: pipeline.seed_range(config, b) for b in BLOCKS}
+GUIDE = {p: pipeline.guide_target(config, p) for p in POINTS}  # per point, computed once (DAG speed)
+TRAINING_DATA = f"{DATA}/latents.h5" if config["data"]["encoder"] == "sd-vae" else f"{DATA}/images.h5"
+IDENTITY = {run: training_identity(config["runs"][run], TRAINING_DATA, f"runs/{run}") for run in config["runs"]}
+
 
 wildcard_constraints:
-    run=r"[A-Za-z0-9_.-]+",
+    run=r"(?!\.)(?!.*\.\.)[A-Za-z0-9_.-]+",
     nimg=r"\d{12}",
     sigma_rel=r"\d\.\d{3}",
     guidance=r"[A-Za-z0-9_]+",
     block=r"\d+",
     detector=r"inception|dinov2",
-
-
-def training_data(wildcards):
-    """What the networks are trained on: SD-VAE latents or the images themselves."""
-    return f"{DATA}/latents.h5" if config["data"]["encoder"] == "sd-vae" else f"{DATA}/images.h5"
 
 
 def point(wildcards):
@@ -28,9 +30,14 @@ def phema_file(run, nimg, sigma_rel):
     return f"runs/{run}/phema/{files.phema_name(nimg, sigma_rel)}"
 
 
+def guide_of(wildcards):
+    p = point(wildcards)
+    return GUIDE[p] if p in GUIDE else pipeline.guide_target(config, p)
+
+
 def guide_file(wildcards):
     """The guiding network's reconstruction, or None without guidance."""
-    target = pipeline.guide_target(config, point(wildcards))
+    target = guide_of(wildcards)
     return None if target is None else phema_file(*target)
 
 
@@ -39,15 +46,15 @@ def sample_inputs(wildcards):
     without changing the existing reconstructions, so it must not rerun their samples; a retraining still
     does, through the `trained` markers."""
     inputs = {"phema": ancient(f"runs/{wildcards.run}/phema"), "trained": f"runs/{wildcards.run}/trained.json"}
-    target = pipeline.guide_target(config, point(wildcards))
+    target = guide_of(wildcards)
     if target is not None:
         inputs["guide_phema"] = ancient(f"runs/{target[0]}/phema")
         inputs["guide_trained"] = f"runs/{target[0]}/trained.json"
     return inputs
 
 
-def reference_stats(wildcards):
-    return {d: f"{DATA}/ref-{d}.npz" for d in config["metrics"]["detectors"]}
+REFERENCE_STATS = {d: f"{DATA}/ref-{d}.npz" for d in config["metrics"]["detectors"]}
+DETECTORS = pipeline.detector_settings(config, config["metrics"]["detectors"])
 
 
 def all_metrics(wildcards):
@@ -63,8 +70,8 @@ def all_profile_plots(wildcards):
 
 
 def launcher(wildcards, resources):
-    """`srun -n <tasks> -c <cpus>` for rules the profile marks `mpi` (one rank per GPU; slurm executor plugin docs, MPI jobs);
-    the rule uses it only inside a SLURM job, so the same profile also runs on a laptop (one process)."""
+    """`srun -n <tasks> -c <cpus>` for rules the profile marks `mpi` (one rank per GPU, docs/pipeline.md:
+    SLURM); used only inside a SLURM job, so the same profile also runs on a laptop (one process)."""
     if not resources.get("mpi"):
         return ""
     cpus = resources.get("cpus_per_task")

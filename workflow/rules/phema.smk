@@ -16,6 +16,8 @@ rule phema:
     resources:
         mem_mb=16000,
         runtime=240,
+    conda:
+        ENV
     script:
         "../scripts/phema.py"
 
@@ -35,5 +37,7 @@ rule phema_plot:
     params:
         targets=lambda wildcards: pipeline.phema_targets(config, wildcards.run),
     localrule: True
+    conda:
+        ENV
     script:
         "../scripts/phema_plot.py"

@@ -1,4 +1,5 @@
 # images.h5 -> data/<name>/ref-<detector>.npz: feature statistics of the real images, one file per detector.
+# `metrics.batch` and `metrics.download` only change speed or where weights come from: read at run time.
 
 
 rule refstats:
@@ -11,10 +12,12 @@ rule refstats:
     benchmark:
         f"benchmarks/refstats/{config['data']['name']}-{{detector}}.tsv"
     params:
-        metrics=config["metrics"],
+        detector=lambda wildcards: pipeline.detector_settings(config, [wildcards.detector]),
     threads: 2
     resources:
         mem_mb=16000,
         runtime=720,
+    conda:
+        ENV
     script:
         "../scripts/refstats.py"

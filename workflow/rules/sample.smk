@@ -1,4 +1,5 @@
 # Reconstruction (+ guide) -> samples/<run>/<point>/block<b>.h5 (uint8 images, seeds, labels) + a PNG grid.
+# params: what the images depend on; `sampling.batch` only changes speed and is read at run time.
 
 
 rule sample:
@@ -21,11 +22,13 @@ rule sample:
         net=lambda wildcards: phema_file(wildcards.run, int(wildcards.nimg), float(wildcards.sigma_rel)),
         guide=guide_file,
         guidance=lambda wildcards: config["guidance"][wildcards.guidance],
-        seeds=lambda wildcards: pipeline.seed_range(config, int(wildcards.block)),
-        sampling=config["sampling"],
+        seeds=lambda wildcards: SEEDS[int(wildcards.block)],
+        num_steps=config["sampling"]["num_steps"],
     threads: 2
     resources:
         mem_mb=8000,
         runtime=240,
+    conda:
+        ENV
     script:
         "../scripts/sample.py"

@@ -1,7 +1,11 @@
 # Training: runs/<run>/training.yaml (the engine's config) -> snapshots + checkpoints -> runs/<run>/trained.json.
 # Snapshots and checkpoints are not rule outputs on purpose: Snakemake deletes the outputs of a job before
-# rerunning it, and a rerun (retry, requeue, manual restart) must resume from them. On preemption the ranks
-# checkpoint and exit 75 (after `scontrol requeue` under SLURM); `retries` covers jobs that cannot requeue.
+# rerunning it, and a rerun (retry, requeue, manual restart) must resume from them. `identity` is the hash of
+# every key that changes what training computes (docs/training.md): an edit shows up in `snakemake -n`, and
+# the run then stops before training with the changed keys. Runtime keys (batch_gpu, checkpoint and status
+# intervals) are read from the config when training.yaml is written; editing them reruns nothing.
+# On preemption the ranks checkpoint and exit 75 (after `scontrol requeue` under SLURM); `retries` resume
+# such runs; a deterministic failure is not trained again by a retry (edm2lib.pipeline.steps.train).
 
 
 rule train_config:
@@ -10,9 +14,12 @@ rule train_config:
     log:
         "logs/train_config/{run}.log",
     params:
-        run=lambda wildcards: config["runs"][wildcards.run],
-        data=training_data,
+        run=lambda wildcards: pipeline.train_params(config, wildcards.run),
+        data=TRAINING_DATA,
+        identity=lambda wildcards: IDENTITY[wildcards.run],
     localrule: True
+    conda:
+        ENV
     script:
         "../scripts/train_config.py"
 
@@ -20,7 +27,7 @@ rule train_config:
 rule train:
     input:
         config="runs/{run}/training.yaml",
-        data=training_data,
+        data=TRAINING_DATA,
     output:
         trained="runs/{run}/trained.json",
     log:
@@ -29,11 +36,14 @@ rule train:
         "benchmarks/train/{run}.tsv"
     params:
         launch=launcher,
+        identity=lambda wildcards: IDENTITY[wildcards.run],
     threads: 2
     retries: 3
     resources:
         mem_mb=8000,
         runtime=1440,
-    shell:
-        "(${{SLURM_JOB_ID:+{params.launch}}} python -m edm2lib.training --config {input.config}"
-        " && python -m edm2lib.pipeline.steps trained {input.config} {output.trained}) >> {log} 2>&1"
+        attempt=lambda wildcards, attempt: attempt,
+    conda:
+        ENV
+    script:
+        "../scripts/train.py"

@@ -1,6 +1,6 @@
-"""Snakemake script: raw images -> data/<name>/images.h5 (edm2lib.data.prepare_dataset)."""
+"""Snakemake script of rule prepare: raw images -> data/<name>/images.h5."""
 
-from edm2lib.pipeline.steps import prepare, run_step
+from edm2lib.pipeline import steps
 
 sm = snakemake  # noqa: F821 (injected by Snakemake's `script:` directive)
-run_step(sm.log[0], prepare, sm.params.data, sm.output.images, sm.threads)
+steps.run_step(sm.log[0], steps.prepare, sm.params.data, sm.output.images, sm.threads)

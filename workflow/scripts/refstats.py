@@ -1,9 +1,16 @@
-"""Snakemake script: real images -> reference feature statistics of one detector (edm2lib.pipeline.table)."""
+"""Snakemake script of rule refstats: real images -> reference statistics of one detector."""
 
-from edm2lib.pipeline.steps import run_step
-from edm2lib.pipeline.table import reference_stats
+from edm2lib.pipeline import steps
 
 sm = snakemake  # noqa: F821 (injected by Snakemake's `script:` directive)
-run_step(
-    sm.log[0], reference_stats, sm.input.images, sm.wildcards.detector, sm.params.metrics, sm.output.stats
+m = sm.config["metrics"]
+steps.run_step(
+    sm.log[0],
+    steps.refstats,
+    sm.input.images,
+    sm.wildcards.detector,
+    sm.params.detector,
+    m["batch"],
+    m["download"],
+    sm.output.stats,
 )

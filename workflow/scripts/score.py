@@ -1,10 +1,18 @@
-"""Snakemake script: one seed block of samples -> metrics JSON with FID / FD-DINOv2."""
+"""Snakemake script of rule score: one seed block of samples -> metrics JSON with FID / FD-DINOv2."""
 
-from edm2lib.pipeline.steps import run_step
-from edm2lib.pipeline.table import score_point
+from edm2lib.pipeline import steps
 
 sm = snakemake  # noqa: F821 (injected by Snakemake's `script:` directive)
+m = sm.config["metrics"]
 refs = {name: path for name, path in sm.input.items() if name != "samples"}
-run_step(
-    sm.log[0], score_point, sm.input.samples, refs, sm.params.metrics, sm.params.point, sm.output.metrics
+steps.run_step(
+    sm.log[0],
+    steps.score,
+    sm.input.samples,
+    refs,
+    sm.params.detectors,
+    m["batch"],
+    m["download"],
+    sm.params.point,
+    sm.output.metrics,
 )

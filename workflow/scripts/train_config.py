@@ -1,6 +1,7 @@
-"""Snakemake script: the config's `runs.<run>` section -> runs/<run>/training.yaml for edm2lib.training."""
+"""Snakemake script of rule train_config: the config's runs.<run> -> runs/<run>/training.yaml."""
 
-from edm2lib.pipeline.steps import run_step, write_training_config
+from edm2lib.pipeline import steps
 
 sm = snakemake  # noqa: F821 (injected by Snakemake's `script:` directive)
-run_step(sm.log[0], write_training_config, sm.params.run, sm.params.data, sm.output.config)
+run = sm.config["runs"][sm.wildcards.run]  # params.run holds the keys that rerun this rule; runtime keys too
+steps.run_step(sm.log[0], steps.train_config, run, sm.params.data, sm.output.config)

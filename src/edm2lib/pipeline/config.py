@@ -16,6 +16,7 @@ import yaml
 
 from edm2lib import files
 
+NAME_PATTERN = r"^(?!\.)(?!.*\.\.)[A-Za-z0-9_.-]+$"  # run, data and guidance names (workflow schema)
 FINAL = "final"  # `nimg: final` = the end of a run's training
 SAME = "same"  # guide `sigma_rel: same` = the sigma_rel of the point being guided (CFG in the paper)
 
@@ -42,6 +43,9 @@ def _path(parts: list[Any]) -> str:
 def _message(error: Any) -> str:
     """One line for a jsonschema error: where, what, and where the keys are documented."""
     where = _path(list(error.absolute_path))
+    if error.validator == "pattern" and error.schema.get("pattern") == NAME_PATTERN:
+        rule = "must use only A-Z a-z 0-9 _ . - and not start with '.' or contain '..'"
+        return f"config: {where}: name {error.instance!r} {rule}"
     if error.validator == "additionalProperties":
         return f"config: {where}: {error.message}; the allowed keys are listed in config/README.md"
     return f"config: {where}: {error.message} (see config/README.md)"
@@ -83,6 +87,11 @@ def _check_references(config: dict) -> None:
                 f"snapshot_nimg {run['snapshot_nimg']}"
             )
     for name, g in config["guidance"].items():
+        interval = g.get("interval")
+        if interval is not None and not interval[0] < interval[1]:
+            raise ValueError(
+                f"config: guidance.{name}.interval: {interval} must be [low, high] with low < high"
+            )
         guide = g.get("guide")
         if guide is None:
             if g["w"] != 1:
@@ -213,3 +222,49 @@ def point_record(config: dict, point: Point, block: int) -> dict[str, Any]:
         "seeds": f"{first}-{end - 1}",
         "block": block,
     }
+
+
+# What each rule's output depends on (its Snakemake `params`): performance and runtime keys are left out, so
+# editing them reruns nothing; the scripts read those from the config at run time.
+IMAGE_KEYS = ("name", "source", "path", "labels", "resolution", "transform", "max_images")
+RUN_RUNTIME_KEYS = ("batch_gpu", "checkpoint_minutes", "checkpoint_nimg", "status_nimg", "guidance")
+
+
+def prepare_params(config: dict) -> dict[str, Any]:
+    """The `data` keys images.h5 depends on (not the encoder's)."""
+    return {k: config["data"].get(k) for k in IMAGE_KEYS}
+
+
+def train_params(config: dict, run: str) -> dict[str, Any]:
+    """The `runs.<run>` keys training.yaml must follow at once: identity keys and `duration`."""
+    return {k: v for k, v in config["runs"][run].items() if k not in RUN_RUNTIME_KEYS}
+
+
+def detector_settings(config: dict, detectors: list[str]) -> dict[str, Any]:
+    """The `metrics` keys the detectors' features depend on (weights, random-init switch, sizes)."""
+    m = config["metrics"]
+    return {
+        "detectors": list(detectors),
+        "weights": {d: m["weights"].get(d) for d in detectors},
+        "random_arch": {d: m["random_arch"].get(d) for d in detectors},
+        "allow_random_init": m["allow_random_init"],
+        "ref_images": m["ref_images"],
+    }
+
+
+def write_effective_config(config: dict, path: str | Path) -> Path:
+    """The validated config with its defaults filled in, as YAML: what this run used, to read back later."""
+    from edm2lib.files import atomic_write_text
+
+    header = "# effective config of the last snakemake run (the config file + the schema's defaults)\n"
+    atomic_write_text(path, header + yaml.safe_dump(json_plain(config), sort_keys=False))
+    return Path(path)
+
+
+def json_plain(value: Any) -> Any:
+    """Plain dicts/lists (Snakemake's config may hold its own mapping types)."""
+    if isinstance(value, Mapping):
+        return {str(k): json_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_plain(v) for v in value]
+    return value

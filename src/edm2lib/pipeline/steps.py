@@ -1,7 +1,6 @@
-"""Pipeline steps between config and engines: data preparation, training config, trained marker, phema.
+"""One function per Snakemake rule (`workflow/scripts/<rule>.py` calls `steps.<rule>`): config to engines.
 
-Each function is what one workflow script calls; `run_step` gives all of them the same error contract.
-Command line (used by the training rule after the ranks exit):
+`run_step` gives all of them the same error contract. Command line (after training by hand):
 `python -m edm2lib.pipeline.steps trained CFG OUT`.
 """
 
@@ -10,6 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import shlex
+import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -90,6 +92,72 @@ def prepare(data: Mapping[str, Any], out_h5: str | Path, workers: int) -> dict[s
     )
 
 
+def encode(images_h5: str, latents_h5: str, vae: str, revision: str | None, batch: int) -> dict[str, Any]:
+    """images.h5 -> latents.h5 with the SD VAE (`batch`: images per VAE call, a performance knob)."""
+    from edm2lib.data import encode_dataset
+
+    return encode_dataset(
+        images_h5, latents_h5, vae=vae, revision=revision, batch_size=batch, device=default_device(),
+        progress=False,
+    )  # fmt: skip
+
+
+def _metrics(settings: Mapping[str, Any], batch: int, download: bool) -> dict[str, Any]:
+    """The `metrics` mapping the engines read: detector settings plus the performance/runtime keys."""
+    return {**settings, "batch": batch, "download": download}
+
+
+def refstats(
+    images_h5: str, detector: str, settings: Mapping[str, Any], batch: int, download: bool, out_npz: str
+) -> dict:
+    """Reference feature statistics of the real images for one detector."""
+    from edm2lib.pipeline.table import reference_stats
+
+    return reference_stats(images_h5, detector, _metrics(settings, batch, download), out_npz)
+
+
+def sample(
+    net: str,
+    guide: str | None,
+    guidance: Mapping[str, Any],
+    seeds: Sequence[int],
+    num_steps: int,
+    batch: int,
+    out_h5: str,
+    grid_png: str,
+) -> dict[str, Any]:
+    """One seed block of one point -> samples HDF5 + PNG grid (`batch` only changes speed)."""
+    from edm2lib.sampling.generate import generate
+
+    return generate(
+        net, range(*seeds), out_h5=out_h5, gnet_path=guide, guidance=guidance["w"],
+        guidance_interval=guidance.get("interval"), num_steps=num_steps, batch_size=batch,
+        device=default_device(), grid_png=grid_png, progress=False,
+    )  # fmt: skip
+
+
+def score(
+    samples_h5: str,
+    refs: Mapping[str, str],
+    settings: Mapping[str, Any],
+    batch: int,
+    download: bool,
+    point: Mapping[str, Any],
+    out_json: str,
+) -> dict[str, Any]:
+    """One seed block of samples -> metrics JSON (FID / FD-DINOv2 and the detectors' identities)."""
+    from edm2lib.pipeline.table import score_point
+
+    return score_point(samples_h5, refs, _metrics(settings, batch, download), point, out_json)
+
+
+def table(metric_paths: Sequence[str], out_csv: str, out_png: str) -> list[dict[str, Any]]:
+    """Every metrics JSON -> results/fid_table.csv + results/fid_vs_sigma_rel.png."""
+    from edm2lib.pipeline.table import write_results
+
+    return write_results(list(metric_paths), out_csv, out_png)
+
+
 # pipeline run keys that are not TrainConfig keys, or are named differently there
 _RENAMED = {"ema_sigma_rel": "sigma_rels"}
 _PIPELINE_ONLY = {"conditional", "guidance"}
@@ -107,7 +175,7 @@ def training_config(run: Mapping[str, Any], data: str, run_dir: str) -> dict[str
     return values
 
 
-def write_training_config(run: Mapping[str, Any], data: str, out_yaml: str | Path) -> dict[str, Any]:
+def train_config(run: Mapping[str, Any], data: str, out_yaml: str | Path) -> dict[str, Any]:
     """Write runs/<run>/training.yaml (run_dir = its folder), validated by `TrainConfig` first."""
     from edm2lib.training.config import TrainConfig
 
@@ -118,18 +186,72 @@ def write_training_config(run: Mapping[str, Any], data: str, out_yaml: str | Pat
     return values
 
 
-def write_trained(config_yaml: str | Path, out_json: str | Path) -> dict[str, Any]:
-    """After training exited 0: check that the final snapshots exist and list every snapshot in `out_json`."""
+def training_identity(run: Mapping[str, Any], data: str, run_dir: str) -> str:
+    """The identity hash (`TrainConfig.identity_hash`) of one `runs.<name>` entry."""
+    from edm2lib.training.config import TrainConfig
+
+    return TrainConfig.from_dict(training_config(run, data, run_dir)).identity_hash()
+
+
+FAILED = "failed.json"  # runs/<run>/failed.json: a deterministic training failure, not to be retried
+
+
+def train(config_yaml: str, out_json: str, identity: str, attempt: int, launch: str = "") -> dict[str, Any]:
+    """Run the training ranks (`launch`, e.g. `srun -n 8`, + `python -m edm2lib.training`), then write
+    trained.json. Exit 75 (preemption) or a signal: exit 75, for Snakemake's `retries` to resume. Any other
+    failure is deterministic: its message is kept in runs/<run>/failed.json, and a retry (attempt > 1)
+    repeats it at once instead of training again."""
+    failed = Path(config_yaml).parent / FAILED
+    if attempt > 1 and failed.is_file():
+        message = json.loads(failed.read_text())["error"]
+        raise ValueError(f"not retried (a deterministic failure; retries are for preemption): {message}")
+    failed.unlink(missing_ok=True)
+    launch = launch if os.environ.get("SLURM_JOB_ID") else ""  # srun only inside a SLURM job
+    cmd = [*shlex.split(launch), sys.executable, "-m", "edm2lib.training", "--config", str(config_yaml)]
+    sys.stdout.flush()
+    proc = subprocess.run(cmd, stdout=sys.stdout, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    print(proc.stderr, end="", flush=True)
+    if proc.returncode == 75 or proc.returncode < 0 or proc.returncode > 128:
+        print(f"training stopped with exit status {proc.returncode} (preemption or signal): retry resumes")
+        raise SystemExit(75)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        message = lines[-1] if lines else f"training exited with status {proc.returncode}"
+        atomic_write_text(failed, json.dumps({"error": message, "exit_code": proc.returncode}) + "\n")
+        raise ValueError(message)
+    return write_trained(config_yaml, out_json, identity)
+
+
+def write_trained(
+    config_yaml: str | Path, out_json: str | Path, identity: str | None = None
+) -> dict[str, Any]:
+    """After training exited 0: check the final snapshots and list in `out_json` every snapshot of this
+    training identity (snapshots of another identity are never handed to the reconstruction)."""
     from edm2lib.phema.reconstruct import find_snapshots
     from edm2lib.training.config import TrainConfig
 
     cfg = TrainConfig.load(config_yaml)
-    snapshots = find_snapshots(Path(cfg.run_dir) / "snapshots")
+    if identity is not None and identity != cfg.identity_hash():
+        raise ValueError(
+            f"{config_yaml}: identity {cfg.identity_hash()} is not the workflow's {identity}; "
+            f"rerun the train_config rule"
+        )
+    metas = {p: read_network_meta(p) for p in find_snapshots(Path(cfg.run_dir) / "snapshots")}
+    mine = cfg.identity_hash()
+    snapshots = [p for p, m in metas.items() if m.get("identity") == mine and m["nimg"] <= cfg.duration]
     final = [Path(cfg.run_dir) / "snapshots" / files.snapshot_name(cfg.duration, s) for s in cfg.sigma_rels]
-    missing = [str(p) for p in final if not p.is_file()]
+    missing = [str(p) for p in final if p not in snapshots]
     if missing:
-        raise FileNotFoundError(f"training of {cfg.run_dir} ended without its final snapshots {missing}")
-    record = {"run_dir": cfg.run_dir, "duration": cfg.duration, "snapshots": [str(p) for p in snapshots]}
+        raise FileNotFoundError(
+            f"training of {cfg.run_dir} ended without its final snapshots of identity {cfg.identity_hash()}: "
+            f"{missing}"
+        )
+    record = {
+        "run_dir": cfg.run_dir,
+        "duration": cfg.duration,
+        "identity": cfg.identity_hash(),
+        "snapshots": [str(p) for p in snapshots],
+    }
     atomic_write_text(out_json, json.dumps(record, indent=1) + "\n")
     return record
 
@@ -141,9 +263,7 @@ def _targets_by_time(targets: Sequence[Sequence[float]]) -> dict[int, list[float
     return by_time
 
 
-def reconstruct_run(
-    trained_json: str | Path, targets: Sequence[Sequence[float]], out_dir: str | Path
-) -> list[Path]:
+def phema(trained_json: str | Path, targets: Sequence[Sequence[float]], out_dir: str | Path) -> list[Path]:
     """Post-hoc EMA reconstructions (nimg, sigma_rel) of a trained run into `out_dir`, one pass per time."""
     from edm2lib.phema.reconstruct import reconstruct
 
@@ -157,9 +277,7 @@ def reconstruct_run(
     return outputs
 
 
-def plot_run_profiles(
-    trained_json: str | Path, targets: Sequence[Sequence[float]], out_png: str | Path
-) -> None:
+def phema_plot(trained_json: str | Path, targets: Sequence[Sequence[float]], out_png: str | Path) -> None:
     """PNG of a run's target EMA profiles and their reconstructions from its snapshots."""
     from edm2lib.phema.plot import plot_profiles
 

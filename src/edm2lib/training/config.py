@@ -13,6 +13,13 @@ DTYPES = ("fp32", "bf16", "fp16")
 REQUEUE = ("auto", "always", "never")
 _MI = 2**20
 
+# keys that change how training runs but not what it computes (docs/training.md: resume); `duration` is not
+# identity either: the lr schedule does not depend on it, so a longer run continues from the last checkpoint
+RUNTIME_KEYS = frozenset(
+    {"run_dir", "device", "batch_gpu", "checkpoint_nimg", "checkpoint_minutes", "keep_checkpoints",
+     "status_nimg", "requeue", "deterministic", "duration"}
+)  # fmt: skip
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -88,6 +95,14 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["sigma_rels"] = list(self.sigma_rels)
         return json.loads(json.dumps(d))
+
+    def identity(self) -> dict[str, Any]:
+        """Every resolved key that changes what training computes (all keys but `RUNTIME_KEYS`)."""
+        return identity_of(self.to_dict())
+
+    def identity_hash(self) -> str:
+        """16 hex digits of the SHA-256 of `identity()` (recorded in checkpoints, snapshots, trained.json)."""
+        return identity_hash(self.identity())
 
     def validate(self) -> None:
         """Checks that need neither the data set nor the process group."""
@@ -169,3 +184,22 @@ class TrainConfig:
             if self.dtype == "bf16":
                 kwargs["compute_dtype"] = "bfloat16"
         return kwargs
+
+
+def identity_of(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The identity keys of a `TrainConfig.to_dict()` (e.g. the config stored in a checkpoint)."""
+    return {k: v for k, v in sorted(config.items()) if k not in RUNTIME_KEYS}
+
+
+def identity_hash(identity: Mapping[str, Any]) -> str:
+    """16 hex digits of the SHA-256 of a canonical JSON form of `identity`."""
+    import hashlib
+
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def identity_changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """`key: old -> new` for every identity key that differs between two `identity()` dicts."""
+    keys = sorted(set(saved) | set(now))
+    return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]

@@ -27,7 +27,7 @@ from edm2lib.nn.layers import MPConv
 from edm2lib.nn.networks import Precond
 from edm2lib.phema.ema import PowerFunctionEMA
 from edm2lib.training import checkpoint, preempt, telemetry
-from edm2lib.training.config import TrainConfig
+from edm2lib.training.config import TrainConfig, identity_changes, identity_of
 from edm2lib.training.loss import draw_noise, edm2_loss, learning_rate
 from edm2lib.training.status import RunLog, peak_memory_gib, progress_bar
 from edm2lib.training.stream import ShardedSampler, derive_seed, make_generator
@@ -137,14 +137,14 @@ class Trainer:
         )
 
     def _check_compatible(self, state: dict[str, Any], path: Path) -> None:
-        saved = state["config"]
-        now = self.cfg.to_dict()
-        for key in ("seed", "batch", "sigma_rels"):
-            if saved[key] != now[key]:
-                raise ValueError(
-                    f"{path}: checkpoint has {key}={saved[key]!r}, config has {now[key]!r}; "
-                    f"use a new run_dir or the original value"
-                )
+        """Resume only the same experiment: every identity key must match (`TrainConfig.identity`)."""
+        changes = identity_changes(identity_of(state["config"]), self.cfg.identity())
+        if changes:
+            raise ValueError(
+                f"{path}: this run was trained with another identity (changed: {'; '.join(changes)}); "
+                f"to start afresh delete {self.run_dir}/checkpoints and {self.run_dir}/snapshots "
+                f"(or give the run a new name), or restore the original values"
+            )
         precision = ("use_fp16", "compute_dtype")  # may change between sessions (e.g. resume on a CPU)
         saved_net, net = (
             {k: v for k, v in d.items() if k not in precision} for d in (state["network"], self.net_kwargs)
@@ -184,6 +184,7 @@ class Trainer:
                 "nonfinite_steps": int(self.nonfinite_steps),
                 "network": self.net_kwargs,
                 "config": self.cfg.to_dict(),
+                "identity": self.cfg.identity_hash(),
                 **(extra or {}),
             }
             t0 = time.monotonic()
@@ -382,6 +383,7 @@ class Trainer:
             config=self.net.config,
             encoder=self.dataset.encoder,
             source=f"edm2lib training run {self.run_dir.name}",
+            identity=self.cfg.identity_hash(),
         )
         self.log(f"snapshots {', '.join(p.name for p in paths)}")
 

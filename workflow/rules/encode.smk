@@ -1,4 +1,5 @@
 # images.h5 -> latents.h5: SD-VAE posterior mean and std (only for latent models, data.encoder: sd-vae).
+# `data.encode_batch` only changes speed: the script reads it from the config, it is no param.
 
 
 rule encode:
@@ -17,5 +18,7 @@ rule encode:
     resources:
         mem_mb=16000,
         runtime=720,
+    conda:
+        ENV
     script:
         "../scripts/encode.py"

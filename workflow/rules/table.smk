@@ -10,5 +10,7 @@ rule table:
     log:
         "logs/table/table.log",
     localrule: True
+    conda:
+        ENV
     script:
         "../scripts/table.py"

@@ -1,9 +1,10 @@
 # Samples + reference statistics -> metrics/<run>/<point>/block<b>.json (FID, FD-DINOv2, detector identities).
+# `metrics.batch` and `metrics.download` are read at run time (no params: editing them reruns nothing).
 
 
 rule score:
     input:
-        unpack(reference_stats),
+        unpack(lambda wildcards: REFERENCE_STATS),
         samples="samples/{run}/{nimg}-{sigma_rel}-{guidance}/block{block}.h5",
     output:
         metrics="metrics/{run}/{nimg}-{sigma_rel}-{guidance}/block{block}.json",
@@ -12,11 +13,13 @@ rule score:
     benchmark:
         "benchmarks/score/{run}/{nimg}-{sigma_rel}-{guidance}-block{block}.tsv"
     params:
-        metrics=config["metrics"],
+        detectors=DETECTORS,
         point=lambda wildcards: pipeline.point_record(config, point(wildcards), int(wildcards.block)),
     threads: 2
     resources:
         mem_mb=16000,
         runtime=240,
+    conda:
+        ENV
     script:
         "../scripts/score.py"

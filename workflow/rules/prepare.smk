@@ -9,10 +9,12 @@ rule prepare:
     benchmark:
         f"benchmarks/prepare/{config['data']['name']}.tsv"
     params:
-        data=config["data"],
+        data=pipeline.prepare_params(config),
     threads: 2
     resources:
         mem_mb=8000,
         runtime=240,
+    conda:
+        ENV
     script:
         "../scripts/prepare.py"
