@@ -8,7 +8,7 @@ import torch
 from edm2lib.nn.networks import Precond
 from edm2lib.nn.presets import PRESETS, get_preset
 
-# EDM2-FACTS 3: counted with the official Precond on the meta device (label_dim 1000, and 0).
+# Counted with the official network (training/networks_edm2.py) on the meta device (label_dim 1000, and 0).
 PARAMS = {
     "edm2-img512-xxs": (31_309_029, 31_053_029),
     "edm2-img512-xs": (124_713_253, 124_201_253),
@@ -38,7 +38,7 @@ def test_paper_preset_parameter_counts_match_the_official_network(name):
     preset = get_preset(name)
     count, tensors = count_params(preset.network)
     assert count == PARAMS[name][0]
-    assert tensors == 199  # EDM2-FACTS 3: every paper preset has 199 parameter tensors
+    assert tensors == 199  # as the official network: 199 parameter tensors per paper preset
     assert count_params({**preset.network, "label_dim": 0})[0] == PARAMS[name][1]
 
 
@@ -89,3 +89,10 @@ def test_get_preset_returns_a_copy_and_names_valid_presets_on_error():
         a.batch = 1
     with pytest.raises(ValueError, match=r"unknown preset 'edm2-img512-huge'.*edm2-img512-xs.*edm2-tiny"):
         get_preset("edm2-img512-huge")
+
+
+def test_ladder_configs_change_only_the_network_of_a_preset():
+    g, c = get_preset("edm2-img512-s"), get_preset("edm2-img512-s", config="C")
+    assert (g.config, c.config) == ("G", "C")
+    assert c.network == {**g.network, "ablation": "C", "dropout": 0.1}
+    assert c.training == g.training  # the training recipe per letter is the training config's job
