@@ -5,7 +5,17 @@ import math
 import pytest
 import torch
 
-from edm2lib.nn.layers import MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize, resample
+from edm2lib.nn.layers import (
+    GroupNorm,
+    MPConv,
+    MPFourier,
+    PositionalEmbedding,
+    mp_cat,
+    mp_silu,
+    mp_sum,
+    normalize,
+    resample,
+)
 
 N = 1 << 20  # a large unit-variance sample: the std estimate is good to ~0.1%
 
@@ -109,3 +119,58 @@ def test_mp_conv_gain_scales_the_output_linearly():
     x = torch.randn(3, 8)
     assert torch.allclose(linear(x, gain=torch.tensor(2.5)), 2.5 * linear(x), atol=1e-6)
     assert torch.equal(linear(x, gain=0), torch.zeros(3, 4))
+
+
+def test_group_norms_adm_form_subtracts_the_mean_and_rms_form_does_not():
+    x = torch.randn(4, 64, 8, 8) * 3 + 2
+    adm, rms = GroupNorm(64, rms=False), GroupNorm(64, rms=True)
+    assert adm.groups == 16 and GroupNorm(192, rms=True).groups == 32  # min(32, C / 4) groups
+    assert [n for n, _ in adm.named_parameters()] == ["weight", "bias"] and not list(rms.parameters())
+    assert torch.allclose(adm(x), torch.nn.functional.group_norm(x, 16, eps=1e-5), atol=1e-5)
+    y = rms(x).reshape(4, 16, -1)
+    assert torch.allclose(y.square().mean(dim=2), torch.ones(4, 16), atol=1e-3)  # unit RMS per group
+    assert y.mean().item() > 0.5  # the mean is kept (EDM2 Eq. 29)
+
+
+def test_positional_embedding_is_cos_then_sin_of_geometric_frequencies():
+    x = torch.tensor([0.0, 0.5, -1.25])
+    emb = PositionalEmbedding(8)(x)
+    freqs = 10000.0 ** -(torch.arange(4) / 4)
+    assert emb.shape == (3, 8)
+    assert torch.allclose(emb, torch.cat([(x[:, None] * freqs).cos(), (x[:, None] * freqs).sin()], 1))
+
+
+def test_fourier_features_without_mp_scaling_are_plain_cosines():
+    torch.manual_seed(0)
+    plain = MPFourier(64, mp=False)
+    torch.manual_seed(0)
+    scaled = MPFourier(64)
+    x = torch.randn(32)
+    assert torch.allclose(plain(x) * math.sqrt(2), scaled(x)) and plain(x).abs().max() <= 1
+
+
+def test_learned_layer_switches_init_bias_and_weight_norm():
+    torch.manual_seed(0)
+    uniform = MPConv(50, 300, [3, 3], bias=True, init="uniform", weight_norm="none")
+    bound = 1 / math.sqrt(450)
+    assert uniform.weight.abs().max() <= bound and uniform.weight.abs().max() > 0.99 * bound
+    assert uniform.bias.shape == (300,) and uniform.bias.abs().max() <= bound
+    zero = MPConv(8, 4, [], bias=True, init="zero", weight_norm="none")
+    assert not zero.weight.any() and not zero.bias.any()
+    x = torch.randn(2, 50, 6, 6)
+    expected = torch.nn.functional.conv2d(x, uniform.weight, uniform.bias, padding=1)
+    assert torch.allclose(uniform.train()(x), expected, atol=1e-6)  # no normalisation anywhere
+    on_use = MPConv(4, 6, [3, 3], weight_norm="on_use")
+    with torch.no_grad():
+        on_use.weight.mul_(5)
+    before = on_use.weight.detach().clone()
+    x = torch.randn(1, 4, 5, 5)
+    y = on_use.train()(x)
+    assert torch.equal(on_use.weight, before)  # config D never rewrites the stored weight
+    forced = MPConv(4, 6, [3, 3])
+    forced.load_state_dict(on_use.state_dict())
+    # Same output up to the eps of the doubled normalisation, but the stored weight is reset (EDM2 Alg. 1).
+    assert torch.allclose(forced.train()(x), y, rtol=1e-3, atol=1e-4)
+    assert not torch.equal(forced.weight, before)
+    with pytest.raises(ValueError, match="layer init 'he'"):
+        MPConv(4, 6, [], init="he")

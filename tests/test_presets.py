@@ -89,3 +89,10 @@ def test_get_preset_returns_a_copy_and_names_valid_presets_on_error():
         a.batch = 1
     with pytest.raises(ValueError, match=r"unknown preset 'edm2-img512-huge'.*edm2-img512-xs.*edm2-tiny"):
         get_preset("edm2-img512-huge")
+
+
+def test_ladder_configs_change_only_the_network_of_a_preset():
+    g, c = get_preset("edm2-img512-s"), get_preset("edm2-img512-s", config="C")
+    assert (g.config, c.config) == ("G", "C")
+    assert c.network == {**g.network, "ablation": "C", "dropout": 0.1}
+    assert c.training == g.training  # the training recipe per letter is the training config's job

@@ -1,1 +1,1 @@
-"""Magnitude-preserving layers, the EDM2 U-Net and its preconditioning, and the paper's presets (no I/O)."""
+"""The U-Net of every ablation config A-G (EDM2 Table 1): layers, switches, preconditioning, presets."""

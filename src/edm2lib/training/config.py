@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from edm2lib.nn.ladder import LETTERS
+
 DTYPES = ("fp32", "bf16", "fp16")
 REQUEUE = ("auto", "always", "never")
 _MI = 2**20
@@ -29,11 +31,12 @@ class TrainConfig:
     run_dir: str  # checkpoints/, snapshots/, stats.jsonl and log.txt go here
     preset: str | None = None  # edm2lib.nn.presets name: its network and training values are the defaults
     network: dict = dataclasses.field(default_factory=dict)  # Precond keywords, merged over the preset's
+    ablation: str = "G"  # ladder config A..G (EDM2 Table 1): network switches and training recipe defaults
     batch: int = 2048  # global batch (images per optimizer step, all ranks and rounds together)
     batch_gpu: int | None = None  # micro-batch per rank and round; None: batch / world (no accumulation)
     duration: int = 2048 * _MI  # training length in images
     lr_ref: float = 0.01  # alpha_ref (EDM2 eq. 16)
-    t_ref: int = 70000 * 2048  # images before the lr starts decaying (EDM2 eq. 16; 70k batches of 2048)
+    t_ref: float = 70000 * 2048  # images before the lr decays (EDM2 Eq. 67; 70k batches); inf: never
     warmup: int = 10_000_000  # linear lr warm-up length in images (EDM2 Fig. 22)
     P_mean: float = -0.4  # mean of ln(sigma) in training (EDM2 App. B.2, Fig. 22)
     P_std: float = 1.0  # std of ln(sigma) in training (EDM2 App. B.2, Fig. 22)
@@ -50,6 +53,7 @@ class TrainConfig:
     dtype: str = (
         "fp32"  # activations: fp32, bf16 or fp16 (fp16 computes in fp32 on CPU, as the official code)
     )
+    adam_betas: tuple[float, float] = (0.9, 0.99)  # Adam beta1, beta2 (EDM2 App. B.2; A: 0.999)
     loss_scaling: float = 1.0  # plain loss multiplier, gradients not unscaled (docs/official.md)
     deterministic: bool = False  # torch deterministic algorithms (tests, exact-resume checks)
     requeue: str = "auto"  # on preemption under SLURM: scontrol requeue (auto: if the job is requeueable)
@@ -65,12 +69,20 @@ class TrainConfig:
         if missing:
             raise ValueError(f"training config is missing required key(s) {missing}")
         values = dict(values)
+        letter = values.get("ablation", "G")
+        if letter not in LETTERS:
+            raise ValueError(f"config key 'ablation' must be one of {', '.join(LETTERS)}, got {letter!r}")
         if values.get("preset") is not None:
             from edm2lib.nn.presets import get_preset
+            from edm2lib.training.recipes import recipe
 
-            preset = get_preset(values["preset"])
+            preset = get_preset(values["preset"], config=letter)
             network = {**preset.network, **(values.get("network") or {})}
-            values = {**preset.training, **values, "network": network}
+            values = {**recipe(letter, preset.training), **values, "network": network}
+        elif letter != "G" and isinstance(values.get("network"), dict):
+            values["network"] = {"ablation": letter, **values["network"]}
+        if values.get("adam_betas") is not None:
+            values["adam_betas"] = tuple(float(b) for b in values["adam_betas"])
         if values.get("sigma_rels") is not None:
             values["sigma_rels"] = tuple(float(s) for s in values["sigma_rels"])
         cfg = cls(**values)
@@ -94,6 +106,7 @@ class TrainConfig:
         """JSON-serialisable form (round-trips through `from_dict`)."""
         d = dataclasses.asdict(self)
         d["sigma_rels"] = list(self.sigma_rels)
+        d["adam_betas"] = list(self.adam_betas)
         return json.loads(json.dumps(d))
 
     def identity(self) -> dict[str, Any]:
@@ -123,11 +136,26 @@ class TrainConfig:
                 raise ValueError(
                     f"config key '{key}' = {getattr(self, key)} is not a multiple of the batch {self.batch}"
                 )
-        for key in ("t_ref", "lr_ref", "P_std", "loss_scaling"):
+        for key in ("lr_ref", "P_std", "loss_scaling"):
             if not 0 < getattr(self, key) < math.inf:
                 raise ValueError(
                     f"config key '{key}' must be positive and finite, got {getattr(self, key)!r}"
                 )
+        if not self.t_ref > 0:
+            raise ValueError(f"config key 't_ref' must be positive (inf: no decay), got {self.t_ref!r}")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(
+                f"config key 'adam_betas' must be two values in [0, 1), got {list(self.adam_betas)}"
+            )
+        if self.ablation not in LETTERS:
+            raise ValueError(
+                f"config key 'ablation' must be one of {', '.join(LETTERS)}, got {self.ablation!r}"
+            )
+        if isinstance(self.network, dict) and self.network.get("ablation", "G") != self.ablation:
+            raise ValueError(
+                f"config key 'network.ablation' = {self.network['ablation']!r} contradicts 'ablation' = "
+                f"{self.ablation!r}; set only 'ablation' (one of {', '.join(LETTERS)})"
+            )
         if not all(0 < s < math.sqrt(1 / 12) for s in self.sigma_rels) or not self.sigma_rels:
             raise ValueError(
                 f"config key 'sigma_rels' must be values in (0, 0.2887), got {list(self.sigma_rels)}"

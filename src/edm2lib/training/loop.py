@@ -71,7 +71,8 @@ class Trainer:
         self.net = Precond(**self.net_kwargs).to(self.device).train()
         self.params = list(self.net.parameters())
         self.mpconvs = [m for m in self.net.modules() if isinstance(m, MPConv)]
-        self.optimizer = torch.optim.Adam(self.params, lr=0.0, betas=(0.9, 0.99), eps=1e-8)  # EDM2 App. B.2
+        # Adam with the recipe's betas (EDM2 App. B.2: beta2 0.99 from B on), eps 1e-8
+        self.optimizer = torch.optim.Adam(self.params, lr=0.0, betas=cfg.adam_betas, eps=1e-8)
         self.ema = PowerFunctionEMA(self.net, cfg.sigma_rels)
         self.sampler = ShardedSampler(
             len(self.dataset), cfg.seed, self.dist.rank, self.dist.world_size, self.batch_gpu
