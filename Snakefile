@@ -13,6 +13,7 @@ include: "workflow/rules/phema.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/official.smk"
 
 rule all:
-    input: "results/fid_table.csv", "results/fid_vs_sigma_rel.png", all_profile_plots, all_grids
+    input: "results/fid_table.csv", "results/fid_vs_sigma_rel.png", all_profile_plots, all_grids, official_targets
