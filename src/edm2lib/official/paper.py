@@ -1,8 +1,9 @@
 """The published FID / FD-DINOv2 of the released models and the settings that produced them.
 
 EDM2 Tables 2 and 3 (no guidance; ImageNet-512 and -64), EDM2 Table 5 (classifier-free guidance by the
-unconditional XS at the same sigma_rel) and the autoguidance paper (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"): 32
-Heun steps, 50k images, the minimum over three seed blocks. Values are as published, not measured here.
+unconditional XS at the same sigma_rel) and the autoguidance paper (Karras et al. 2024, "Guiding a
+diffusion model with a bad version of itself"): 32 Heun steps, 50k images, the minimum over three seed
+blocks. Values are as published, not measured here.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ _ROWS = [
     ("edm2-img64-xl", 671088, 1.33, 0.040, None, None),
 ]
 _CFG = [
-    # model, FID (sigma_rel, w), FD-DINOv2 (sigma_rel, w): EDM2 Table 5, guide = XS-uncond at the same sigma_rel
+    # model, FID (sigma_rel, w), FD-DINOv2 (sigma_rel, w): EDM2 Table 5; guide XS-uncond, same sigma_rel
     ("edm2-img512-xs", 2.91, 0.045, 1.40, 79.94, 0.150, 1.70),
     ("edm2-img512-s", 2.23, 0.025, 1.40, 52.32, 0.085, 1.90),
     ("edm2-img512-m", 2.01, 0.030, 1.20, 41.98, 0.015, 2.00),

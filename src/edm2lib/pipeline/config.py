@@ -119,8 +119,9 @@ def _expand_official(config: dict) -> None:
             )
             if kimg != rel.kimg or step % releases.RAW_SNAPSHOT_NIMG or duration % step or duration > end:
                 raise ValueError(
-                    f"config: runs.{name}: raw snapshots of {rel.name} exist every {releases.RAW_SNAPSHOT_NIMG} "
-                    f"images up to {rel.nimg}; duration {duration} / snapshot_nimg {step} must fit that"
+                    f"config: runs.{name}: raw snapshots of {rel.name} exist every "
+                    f"{releases.RAW_SNAPSHOT_NIMG} images up to {rel.nimg}; "
+                    f"duration {duration} / snapshot_nimg {step} must fit that"
                 )
         run.update(
             preset=rel.preset, conditional=rel.conditional, batch=2048, duration=duration, snapshot_nimg=step
