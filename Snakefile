@@ -25,6 +25,7 @@ include: "workflow/rules/phema.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/table.smk"
+include: "workflow/rules/official.smk"
 
 
 onstart:
@@ -37,3 +38,4 @@ rule all:
         "results/fid_vs_sigma_rel.png",
         all_profile_plots,
         all_grids,
+        official_targets,

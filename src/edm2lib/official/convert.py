@@ -121,8 +121,9 @@ def check_tensors(tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> l
     return sorted(name for name, _ in net.named_buffers())
 
 
-def convert(path: str | Path, out_dir: str | Path) -> Path:
-    """Convert one official pickle; returns the network file written (atomically) into `out_dir`."""
+def convert(path: str | Path, out_dir: str | Path, name: str | None = None) -> Path:
+    """Convert one official pickle; returns the network file written (atomically) into `out_dir`, named
+    `name` (default: the input's stem + .safetensors)."""
     path = Path(path)
     data = load_official_pickle(path)
     try:
@@ -141,7 +142,7 @@ def convert(path: str | Path, out_dir: str | Path) -> Path:
     loss = data.get("loss_fn")
     if isinstance(loss, PersistentRecord):
         meta["loss"] = {k: float(loss.state[k]) for k in ("P_mean", "P_std", "sigma_data") if k in loss.state}
-    out = Path(out_dir) / f"{path.stem}.safetensors"
+    out = Path(out_dir) / (name or f"{path.stem}.safetensors")
     files.save_network(out, tensors, config, dtype=None, **meta)
     return out
 

@@ -106,15 +106,34 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any] | type] = {
 }
 
 
+try:
+    from numpy._core.multiarray import scalar as _np_scalar
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import scalar as _np_scalar
+
+# What a reference-statistics pickle may reference (EDM2-FACTS 9: a dict of numpy arrays): numpy only.
+NUMPY_GLOBALS: dict[tuple[str, str], Callable[..., Any] | type] = {
+    ("numpy", "dtype"): np.dtype,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy._core.multiarray", "scalar"): _np_scalar,  # numpy scalars such as a numpy num_images
+    ("numpy.core.multiarray", "scalar"): _np_scalar,
+}
+
+
 class RestrictedUnpickler(pickle.Unpickler):
-    """`pickle.Unpickler` that resolves globals only through `ALLOWED_GLOBALS`."""
+    """`pickle.Unpickler` that resolves globals only through an allow-list (`ALLOWED_GLOBALS` by default)."""
+
+    allowed = ALLOWED_GLOBALS
+    kind = "official EDM2 pickles"
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return ALLOWED_GLOBALS[(module, name)]
+            return self.allowed[(module, name)]
         except KeyError:
             raise UnsafePickleError(
-                f"refusing global '{module}.{name}': it is not in the allow-list of official EDM2 pickles"
+                f"refusing global '{module}.{name}': it is not in the allow-list of {self.kind}"
             ) from None
 
     def persistent_load(self, pid: Any) -> Any:

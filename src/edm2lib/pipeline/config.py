@@ -74,8 +74,59 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is not None:
         raise ValueError(_message(error))
+    _expand_official(config)
     _check_references(config)
     return config
+
+
+# --- official releases (docs/official.md) ---
+OFFICIAL, OFFICIAL_RAW = "official", "official-raw"  # runs.<run>.source values
+
+
+def official_runs(config: dict, source: str | None = None) -> list[str]:
+    """Runs that come from NVIDIA's release (of one `source`, or either) instead of training."""
+    return [
+        name
+        for name, run in config["runs"].items()
+        if run.get("source") in ((OFFICIAL, OFFICIAL_RAW) if source is None else (source,))
+    ]
+
+
+def _expand_official(config: dict) -> None:
+    """Fill in what a released run's training would have said (preset, duration, snapshot interval), so
+    every other rule treats it like a trained run; unknown models and times fail with one line."""
+    from edm2lib.official import releases
+
+    for name in official_runs(config):
+        run = config["runs"][name]
+        try:
+            rel = releases.release(run["model"])
+        except ValueError as e:
+            raise ValueError(f"config: runs.{name}.model: {e}") from None
+        kimg = run.get("kimg") or rel.kimg
+        if kimg is None:
+            raise ValueError(f"config: runs.{name}.kimg: {rel.name} has no final time listed; give kimg")
+        end = releases.nimg_from_kimg(kimg)
+        if run["source"] == OFFICIAL:
+            try:
+                releases.posthoc_name(rel.name, end, 0.1)
+            except ValueError as e:
+                raise ValueError(f"config: runs.{name}.kimg: {e}") from None
+            duration, step = end, end
+        else:
+            duration, step = (
+                run.get("duration") or end,
+                run.get("snapshot_nimg") or releases.RAW_SNAPSHOT_NIMG,
+            )
+            if kimg != rel.kimg or step % releases.RAW_SNAPSHOT_NIMG or duration % step or duration > end:
+                raise ValueError(
+                    f"config: runs.{name}: raw snapshots of {rel.name} exist every "
+                    f"{releases.RAW_SNAPSHOT_NIMG} images up to {rel.nimg}; "
+                    f"duration {duration} / snapshot_nimg {step} must fit that"
+                )
+        run.update(
+            preset=rel.preset, conditional=rel.conditional, batch=2048, duration=duration, snapshot_nimg=step
+        )
 
 
 def _check_references(config: dict) -> None:
@@ -109,6 +160,15 @@ def _check_references(config: dict) -> None:
                     f"config: runs.{name}.guidance: unknown guidance {g!r}; "
                     f"defined: {sorted(config['guidance'])}"
                 )
+        for i, p in enumerate(run.get("points") or []):
+            _resolve_nimg(config, name, p.get("nimg", FINAL), f"runs.{name}.points[{i}].nimg")
+            if p["guidance"] not in config["guidance"]:
+                raise ValueError(
+                    f"config: runs.{name}.points[{i}].guidance: unknown guidance {p['guidance']!r}; "
+                    f"defined: {sorted(config['guidance'])}"
+                )
+        if run.get("points"):
+            continue
         for nimg in config["phema"]["nimg"]:
             _resolve_nimg(config, name, nimg, "phema.nimg")
     rounded = [f"{s:.3f}" for s in config["phema"]["sigma_rel"]]
@@ -146,6 +206,12 @@ def points(config: dict) -> list[Point]:
     """Every scored point: sampled runs x phema times x sigma_rel grid x guidance settings."""
     out = []
     for run in sampled_runs(config):
+        own = config["runs"][run].get("points")
+        if own:  # a run with its own list of points (e.g. each released model at its published settings)
+            for p in own:
+                nimg = _resolve_nimg(config, run, p.get("nimg", FINAL), "points.nimg")
+                out.append(Point(run, nimg, p["sigma_rel"], p["guidance"]))
+            continue
         for nimg in config["phema"]["nimg"]:
             for sigma_rel in config["phema"]["sigma_rel"]:
                 for g in run_guidance(config, run):
@@ -176,8 +242,9 @@ def phema_targets(config: dict, run: str) -> list[tuple[int, float]]:
 
 
 def phema_runs(config: dict) -> list[str]:
-    """Runs that need any reconstruction (sampled runs and guide runs)."""
-    return [run for run in config["runs"] if phema_targets(config, run)]
+    """Runs reconstructed from snapshots (sampled runs and guide runs; released reconstructions excluded)."""
+    posthoc = set(official_runs(config, OFFICIAL))
+    return [run for run in config["runs"] if run not in posthoc and phema_targets(config, run)]
 
 
 def snapshot_names(run_config: Mapping[str, Any]) -> list[tuple[int, float]]:
@@ -268,3 +335,21 @@ def json_plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_plain(v) for v in value]
     return value
+
+
+def official_downloads(config: dict) -> list[str]:
+    """Every URL the config's released runs and reference statistics fetch, in rule order."""
+    from edm2lib.official import releases
+
+    base = config["official"]["base_url"]
+    urls = []
+    if config["data"]["source"] == OFFICIAL:
+        urls.append(releases.refs_url(config["data"].get("refs") or config["data"]["name"], base))
+    for run in official_runs(config):
+        r = config["runs"][run]
+        if r["source"] == OFFICIAL:
+            urls += [releases.posthoc_url(r["model"], n, s, base) for n, s in phema_targets(config, run)]
+        else:
+            times = releases.raw_times(r["model"], r["duration"], r["snapshot_nimg"])
+            urls += [releases.raw_url(r["model"], n, s, base) for n in times for s in r["ema_sigma_rel"]]
+    return urls

@@ -286,6 +286,93 @@ def phema_plot(trained_json: str | Path, targets: Sequence[Sequence[float]], out
     plot_profiles([m["nimg"] for m in metas], [m["sigma_rel"] for m in metas], nimg, sigma_rel, out_png)
 
 
+# --- official releases (docs/official.md): released files -> the layouts training + reconstruction write ---
+
+
+def _fetch(official: Mapping[str, Any], url: str) -> Path:
+    from edm2lib.official.download import fetch
+
+    dest = Path(official["download_dir"]) / url.rsplit("/", 1)[1]
+    return fetch(
+        url, dest, local_dir=official.get("local_dir"), download=official["download"], progress=False
+    )
+
+
+def official_posthoc(
+    run: Mapping[str, Any],
+    targets: Sequence[Sequence[float]],
+    official: Mapping[str, Any],
+    out_dir: str | Path,
+    out_json: str | Path,
+) -> list[Path]:
+    """Fetch the released post-hoc reconstructions (nimg, sigma_rel) of `run` and convert each into
+    `out_dir`/phema-<nimg>-<sigma_rel>.safetensors; `out_json` lists them (the run's `trained` marker)."""
+    from edm2lib.official import releases
+    from edm2lib.official.convert import convert
+    from edm2lib.pipeline.config import phema_name
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    outputs, sources = [], []
+    for nimg, sigma_rel in targets:
+        url = releases.posthoc_url(run["model"], int(nimg), float(sigma_rel), official["base_url"])
+        pkl = _fetch(official, url)
+        outputs.append(convert(pkl, out_dir, phema_name(int(nimg), float(sigma_rel))))
+        sources.append(url)
+        print(f"{url} -> {outputs[-1]}")
+    record = {
+        "source": "official",
+        "model": run["model"],
+        "files": sources,
+        "phema": [str(p) for p in outputs],
+    }
+    atomic_write_text(out_json, json.dumps(record, indent=1) + "\n")
+    return outputs
+
+
+def official_raw(
+    run: Mapping[str, Any], official: Mapping[str, Any], snapshots_dir: str | Path, out_json: str | Path
+) -> dict[str, Any]:
+    """Fetch a released run's raw EMA snapshots up to `run.duration` (every `run.snapshot_nimg`), convert
+    them into `snapshots_dir` under edm2lib's snapshot names, and write the `trained` marker listing them."""
+    from edm2lib.official import releases
+    from edm2lib.official.convert import convert
+    from edm2lib.phema.ema import snapshot_name
+
+    snapshots = []
+    for nimg in releases.raw_times(run["model"], run["duration"], run["snapshot_nimg"]):
+        for std in run["ema_sigma_rel"]:
+            out = Path(snapshots_dir) / snapshot_name(nimg, std)
+            if not out.is_file():  # converted on an earlier (interrupted) run; each write is atomic
+                pkl = _fetch(official, releases.raw_url(run["model"], nimg, std, official["base_url"]))
+                convert(pkl, snapshots_dir, out.name)
+            snapshots.append(str(out))
+    record = {"run_dir": str(Path(snapshots_dir).parent), "duration": run["duration"], "snapshots": snapshots}
+    atomic_write_text(out_json, json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def official_refs(
+    data: Mapping[str, Any], metrics: Mapping[str, Any], official: Mapping[str, Any], out: Mapping[str, str]
+) -> dict[str, Any]:
+    """NVIDIA's published reference statistics -> data/<name>/ref-<detector>.npz, stamped with the identity
+    of the detectors `metrics` configures (the ones that score against them)."""
+    from edm2lib.official import releases
+    from edm2lib.official.refstats import import_dataset_refs
+    from edm2lib.pipeline.table import load_detectors
+
+    pkl = _fetch(official, releases.refs_url(data.get("refs") or data["name"], official["base_url"]))
+    dets = {d.name: d for d in load_detectors(metrics, list(out))}
+    metas = import_dataset_refs(
+        pkl,
+        out,
+        {n: d.identity for n, d in dets.items()},
+        {n: d.dim for n, d in dets.items()},
+        data["resolution"],
+    )
+    print(json.dumps(metas, default=str))
+    return metas
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 3 or argv[0] != "trained":

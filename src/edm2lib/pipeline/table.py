@@ -17,7 +17,7 @@ from edm2lib.files import atomic_path, atomic_write_text
 COLUMNS = [
     "run", "model", "nimg", "sigma_rel", "guidance", "w", "guide", "interval", "steps", "nfe",
     "images", "seed_blocks", "seeds", "fid", "fid_mean", "fd_dinov2", "fd_dinov2_mean",
-    "fid_detector", "fd_dinov2_detector", "random_init",
+    "fid_detector", "fd_dinov2_detector", "random_init", "paper_fid", "paper_fd_dinov2",
 ]  # fmt: skip
 METRICS = {"inception": "fid", "dinov2": "fd_dinov2"}
 
@@ -118,8 +118,55 @@ def collect(metric_paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
         record = json.loads(Path(path).read_text())
         key = (record["run"], record["nimg"], record["sigma_rel"], record["guidance"])
         points.setdefault(key, []).append(record)
-    rows = [_fold(blocks) for blocks in points.values()]
+    rows = [_with_paper(_fold(blocks)) for blocks in points.values()]
     return sorted(rows, key=lambda r: (r["run"], r["guidance"], r["nimg"], r["sigma_rel"]))
+
+
+def _with_paper(row: dict[str, Any]) -> dict[str, Any]:
+    """The row plus the paper's numbers where the point is at a published setting (edm2lib.official.paper)."""
+    from edm2lib.official.paper import lookup
+
+    published = lookup(row["model"], row["nimg"], row["sigma_rel"], row["w"])
+    for metric in METRICS.values():
+        row[f"paper_{metric}"] = published.get(metric, "")
+    return row
+
+
+def plot_vs_paper(table_csv: str | os.PathLike, out_png: str | os.PathLike) -> int:
+    """Scatter of our scores against the paper's, one panel per metric, y = x marked; returns the points."""
+    from matplotlib.figure import Figure
+
+    with open(table_csv) as f:
+        rows = list(csv.DictReader(f))
+    fig = Figure(figsize=(11, 4.6), dpi=120)
+    count = 0
+    for ax, metric in zip(fig.subplots(1, 2), METRICS.values()):
+        pairs = [
+            (float(r[f"paper_{metric}"]), float(r[metric]), r)
+            for r in rows
+            if r[f"paper_{metric}"] and r[metric]
+        ]
+        count += len(pairs)
+        for paper, ours, r in pairs:
+            ax.plot(paper, ours, "o", ms=5)
+            ax.annotate(f"{r['model'].removeprefix('edm2-')} {r['guidance']}", (paper, ours), fontsize=6)
+        if pairs:
+            lo = min(min(p, o) for p, o, _ in pairs) * 0.9
+            hi = max(max(p, o) for p, o, _ in pairs) * 1.1
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="ours = paper")
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no point at a published setting", ha="center", transform=ax.transAxes)
+        name = {"fid": "FID", "fd_dinov2": "FD-DINOv2"}[metric]
+        ax.set_xlabel(f"{name}, paper (EDM2 Tables 2, 3, 5)")
+        ax.set_ylabel(f"{name}, this pipeline (min over seed blocks)")
+        ax.grid(alpha=0.3)
+    if any(r["random_init"] == "True" for r in rows):
+        fig.suptitle("RANDOM-INIT DETECTORS: not comparable to the paper", color="red")
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png")
+    return count
 
 
 def _cell(value: Any) -> Any:
