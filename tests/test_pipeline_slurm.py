@@ -182,12 +182,14 @@ def test_slurm_training_on_two_nodes_by_two_tasks_survives_usr1_to_one_rank(tmp_
     nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True).stdout.split()
     if len(set(nodes)) < 2:
         pytest.skip(f"the SLURM cluster has one node ({nodes}); .ci/slurm-up starts two emulated nodes")
-    run = {"preset": "edm2-tiny", "duration": 512, "batch": 8, "snapshot_nimg": 256, "checkpoint_nimg": 256}
-    run |= {"status_nimg": 64, "t_ref": 256, "warmup": 64}
-    config = ci_config(tmp_path, runs={"tiny": run}, phema={"sigma_rel": [0.10]})
-    # 2 nodes x 2 ranks, one per fake GPU; the ranks take RANK/WORLD_SIZE/LOCAL_RANK from srun's variables.
-    # Emulated node names do not resolve, so the rendezvous address comes from an exported MASTER_ADDR
-    # (sbatch --export=ALL passes it on; a real cluster resolves the first node of SLURM_JOB_NODELIST).
+    run = {"preset": "edm2-tiny", "duration": 192, "batch": 8, "snapshot_nimg": 96, "checkpoint_nimg": 96}
+    run |= {"status_nimg": 32, "t_ref": 256, "warmup": 64}
+    guide = {"run": "tiny", "nimg": 96, "sigma_rel": 0.10}
+    config = ci_config(
+        tmp_path, runs={"tiny": run}, phema={"sigma_rel": [0.10]}, guidance={"ag": {"w": 1.5, "guide": guide}}
+    )
+    # 2 nodes x 2 ranks, one per fake GPU; the ranks take RANK/WORLD_SIZE/LOCAL_RANK from srun's variables
+    # and meet at the first node of SLURM_JOB_NODELIST (the rig resolves its node names to 127.0.0.1).
     profile = workflow_profile(
         tmp_path,
         nodes=2,
@@ -201,7 +203,7 @@ def test_slurm_training_on_two_nodes_by_two_tasks_survives_usr1_to_one_rank(tmp_
     cmd = [sys.executable, "-m", "snakemake", "runs/tiny/trained.json", "-s", str(SNAKEFILE)]
     cmd += ["-d", str(tmp_path), "--profile", str(PROFILE), "--workflow-profile", str(profile)]
     cmd += ["--configfile", str(config)]
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1"}
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
     train_log = tmp_path / "runs" / "tiny" / "log.txt"
@@ -230,4 +232,4 @@ def test_slurm_training_on_two_nodes_by_two_tasks_survives_usr1_to_one_rank(tmp_
     assert sorted(node for _, node in ranks.values()) == sorted(nodes[:2] * 2)  # two ranks on each node
     assert "4 rank(s) on cpu" in text
     assert "preempted by signal 10" in text
-    assert "resumed from" in text and "nimg          512" in text
+    assert "resumed from" in text and "nimg          192" in text

@@ -9,8 +9,10 @@
 #
 # Settings: EDM2LIB_SLURM_DIR (state, default /tmp/edm2lib-slurm), EDM2LIB_SLURM_NODES (emulated nodes, 2),
 # EDM2LIB_SLURM_GPUS (fake GPUs per node, 2), EDM2LIB_SLURM_PORT (controller port, 17817; node i uses PORT+i).
-# Only file outside the state directory: the symlink /etc/slurm/slurm.conf (Snakemake's SLURM job-step executor
-# drops SLURM_CONF from the environment, so srun inside a job must find the config at its default path).
+# Outside the state directory it writes only the symlink /etc/slurm/slurm.conf (Snakemake's SLURM job-step
+# executor drops SLURM_CONF from the environment, so srun inside a job must find the config at its default path)
+# and one marked /etc/hosts line that resolves the node names to 127.0.0.1 (a DDP job's ranks meet at the first
+# node of SLURM_JOB_NODELIST, as on a real cluster); stop removes both.
 set -euo pipefail
 
 dir=${EDM2LIB_SLURM_DIR:-/tmp/edm2lib-slurm}
@@ -138,6 +140,17 @@ link_config() {
     ln -s "$conf" "$link"
 }
 
+hosts_mark="# edm2lib-ci-slurm"
+add_hosts() {
+    grep -qF "$hosts_mark" /etc/hosts || echo "127.0.0.1 $(node_names | tr '\n' ' ')$hosts_mark" >>/etc/hosts
+}
+remove_hosts() {
+    local kept
+    grep -qF "$hosts_mark" /etc/hosts || return 0
+    kept=$(grep -vF "$hosts_mark" /etc/hosts)
+    printf '%s\n' "$kept" >/etc/hosts # rewrite in place: /etc/hosts may be a bind mount
+}
+
 start() {
     [[ $(id -u) == 0 ]] || fail "must run as root (mknod, /etc/slurm/slurm.conf, daemons)"
     local t0=$SECONDS
@@ -147,6 +160,7 @@ start() {
     install
     write_config
     link_config
+    add_hosts
     munged --socket="$socket" --key-file="$dir/key/munge.key" --pid-file="$dir/pid/munged" \
         --log-file="$dir/log/munged.log" --seed-file="$dir/key/seed" || fail "munged did not start"
     retry 10 test -S "$socket" || fail "no munge socket at $socket"
@@ -181,6 +195,7 @@ stop_daemons() {
 stop() {
     stop_daemons
     [[ -L $link && $(readlink "$link") == "$conf" ]] && rm -f "$link"
+    remove_hosts
     say "stopped"
 }
 
@@ -207,6 +222,8 @@ check() {
         [[ $out == "cinode1 cinode2 " ]] || fail "srun -N 2 ran on: $out"
         echo "srun -N 2: ok ($out)"
     fi
+    for n in $(node_names); do getent hosts "$n" >/dev/null || fail "node name $n does not resolve"; done
+    echo "node names resolve: ok"
     if ((gpus >= 2)); then
         out=$(timeout 60 srun -n 2 --gpus-per-task=1 sh -c 'echo $SLURM_PROCID=$CUDA_VISIBLE_DEVICES' | sort | tr '\n' ' ')
         [[ $out == "0=0 1=1 " ]] || fail "fake GPUs bound as: $out"

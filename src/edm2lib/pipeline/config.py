@@ -304,7 +304,7 @@ def prepare_params(config: dict) -> dict[str, Any]:
 
 def train_params(config: dict, run: str) -> dict[str, Any]:
     """The `runs.<run>` keys training.yaml must follow at once: identity keys and `duration`."""
-    return {k: v for k, v in config["runs"][run].items() if k not in RUN_RUNTIME_KEYS}
+    return {k: v for k, v in sorted(config["runs"][run].items()) if k not in RUN_RUNTIME_KEYS}  # order-free
 
 
 def detector_settings(config: dict, detectors: list[str]) -> dict[str, Any]:

@@ -216,7 +216,9 @@ def train(config_yaml: str, out_json: str, identity: str, attempt: int, launch: 
         raise SystemExit(75)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        message = lines[-1] if lines else f"training exited with status {proc.returncode}"
+        message = (
+            lines[-1].removeprefix("error: ") if lines else f"training exited with status {proc.returncode}"
+        )
         atomic_write_text(failed, json.dumps({"error": message, "exit_code": proc.returncode}) + "\n")
         raise ValueError(message)
     return write_trained(config_yaml, out_json, identity)
