@@ -10,7 +10,8 @@ BLOCKS = range(config["sampling"]["seed_blocks"])
 SEEDS = {b: pipeline.seed_range(config, b) for b in BLOCKS}
 GUIDE = {p: pipeline.guide_target(config, p) for p in POINTS}  # per point, computed once (DAG speed)
 TRAINING_DATA = f"{DATA}/latents.h5" if config["data"]["encoder"] == "sd-vae" else f"{DATA}/images.h5"
-IDENTITY = {run: training_identity(config["runs"][run], TRAINING_DATA, f"runs/{run}") for run in config["runs"]}
+TRAINED = [run for run in config["runs"] if run not in pipeline.official_runs(config)]  # released runs: none
+IDENTITY = {run: training_identity(config["runs"][run], TRAINING_DATA, f"runs/{run}") for run in TRAINED}
 
 
 wildcard_constraints:
