@@ -132,8 +132,8 @@ def test_released_files_run_through_convert_phema_sample_score_and_table(release
 def test_a_missing_download_is_one_line_naming_the_url_and_the_place(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = snakemake(tmp_path, "--cores", "1", "--configfile", str(_config(tmp_path, empty)),
-                     "runs/xs/trained.json", check=False)  # fmt: skip
+    config = str(_config(tmp_path, empty))
+    proc = snakemake(tmp_path, "runs/xs/trained.json", "--cores", "1", "--configfile", config, check=False)
     assert proc.returncode != 0
     line = next(x for x in proc.stderr.splitlines() if x.startswith("error: FetchError"))
     url = "https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions/edm2-img512-xs-2147483-0.150.pkl"
