@@ -296,4 +296,3 @@ def test_bf16_on_a_gpu_without_bf16_is_one_line_error_before_training(monkeypatc
     assert "\n" not in str(e.value)
     for dtype, device in [("fp16", "cuda:0"), ("fp32", "cuda:0"), ("bf16", "cpu")]:
         loop.check_dtype(dtype, torch.device(device))  # possible: no error
-

@@ -37,7 +37,8 @@ def check_dtype(dtype: str, device: torch.device) -> None:
     if dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         name = torch.cuda.get_device_name(device)
         raise ValueError(
-            f"config key 'dtype' = 'bf16' but {device} ({name}) has no bfloat16 support; use dtype fp16 or fp32"
+            f"config key 'dtype' = 'bf16' but {device} ({name}) has no bfloat16 support; "
+            "use dtype fp16 or fp32"
         )
 
 
