@@ -286,3 +286,13 @@ def test_reduced_precision_trains_on_cpu(tmp_path, dtype, recorded):
     state = checkpoint.load(checkpoint.find_latest_valid(tmp_path / "run"))["state"]
     assert state["network"]["use_fp16"] == (dtype == "fp16")  # fp16 runs in fp32 on a CPU (official rule)
     assert state["network"].get("compute_dtype") == recorded.get("compute_dtype")
+
+
+def test_bf16_on_a_gpu_without_bf16_is_one_line_error_before_training(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    with pytest.raises(ValueError, match=r"'dtype' = 'bf16' but cuda:0 \(Tesla V100\).*use dtype fp16") as e:
+        loop.check_dtype("bf16", torch.device("cuda:0"))
+    assert "\n" not in str(e.value)
+    for dtype, device in [("fp16", "cuda:0"), ("fp32", "cuda:0"), ("bf16", "cpu")]:
+        loop.check_dtype(dtype, torch.device(device))  # possible: no error

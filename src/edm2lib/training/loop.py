@@ -33,6 +33,16 @@ from edm2lib.training.status import RunLog, peak_memory_gib, progress_bar
 from edm2lib.training.stream import ShardedSampler, derive_seed, make_generator
 
 
+def check_dtype(dtype: str, device: torch.device) -> None:
+    """Refuse, before any compute, an activation dtype the device cannot run (bf16 on a pre-Ampere GPU)."""
+    if dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        name = torch.cuda.get_device_name(device)
+        raise ValueError(
+            f"config key 'dtype' = 'bf16' but {device} ({name}) has no bfloat16 support; "
+            "use dtype fp16 or fp32"
+        )
+
+
 @torch.no_grad()
 def zero_nonfinite_grads(params: list[torch.nn.Parameter]) -> torch.Tensor:
     """Replace NaN/Inf gradient entries by 0 (EDM2 App. D.2); return how many there were."""
@@ -51,6 +61,7 @@ class Trainer:
         self.cfg = cfg
         self.dist = distributed.init(cfg.device)
         self.device = self.dist.device
+        check_dtype(cfg.dtype, self.device)
         self.rounds = cfg.rounds(self.dist.world_size)
         self.batch_gpu = cfg.micro_batch(self.dist.world_size)
         self.dataset = open_dataset(cfg.data)
@@ -71,8 +82,9 @@ class Trainer:
         self.net = Precond(**self.net_kwargs).to(self.device).train()
         self.params = list(self.net.parameters())
         self.mpconvs = [m for m in self.net.modules() if isinstance(m, MPConv)]
-        # Adam with the recipe's betas (EDM2 App. B.2: beta2 0.99 from B on), eps 1e-8
-        self.optimizer = torch.optim.Adam(self.params, lr=0.0, betas=cfg.adam_betas, eps=1e-8)
+        # Adam with the recipe's betas (EDM2 App. B.2: beta2 0.99 from B on), eps 1e-8; one fused kernel on CUDA
+        self.fused = True if self.device.type == "cuda" else None
+        self.optimizer = torch.optim.Adam(self.params, lr=0.0, betas=cfg.adam_betas, eps=1e-8, fused=self.fused)
         self.ema = PowerFunctionEMA(self.net, cfg.sigma_rels)
         self.sampler = ShardedSampler(
             len(self.dataset), cfg.seed, self.dist.rank, self.dist.world_size, self.batch_gpu
@@ -118,6 +130,8 @@ class Trainer:
         self._check_compatible(state, path)
         self.net.load_state_dict({k: v.to(self.device) for k, v in ckpt["net"].items()}, strict=True)
         checkpoint.load_optimizer(self.optimizer, ckpt["optimizer"], state["param_groups"])
+        for group in self.optimizer.param_groups:  # the kernel choice follows this session's device
+            group["fused"] = self.fused
         self.ema.load_state_dict({k: v.to(self.device) for k, v in ckpt["ema"].items()})
         self._set_rng(ckpt["rng"], state["world_size"])
         self.nimg = int(state["nimg"])
