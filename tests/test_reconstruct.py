@@ -116,7 +116,7 @@ class _CountingSafeOpen:
 
     def get_tensor(self, name):
         t = self.f.get_tensor(name)
-        self.reads.append((self.path, name, None, t.numel() * t.element_size()))
+        self.reads.append((self.path, name, None, t.nbytes))
         return t
 
     def get_slice(self, name):
@@ -127,7 +127,7 @@ class _CountingSafeOpen:
 
             def __getitem__(self, rows):
                 t = sl[rows]
-                outer.reads.append((outer.path, name, (rows.start, rows.stop), t.numel() * t.element_size()))
+                outer.reads.append((outer.path, name, (rows.start, rows.stop), t.nbytes))
                 return t
 
         return Slice()
@@ -282,3 +282,35 @@ def test_reconstructed_precond_loads_as_a_network_with_its_buffers(tiny_referenc
     assert meta["config"] == net.config and meta["nimg"] == 256 and meta["encoder"] == {"kind": "pixels"}
     for name, buf in net.named_buffers():
         assert torch.equal(loaded.get_buffer(name), buf.half().float())
+
+
+def test_the_cli_reconstructs_without_importing_torch(trained, tmp_path):
+    snap_dir, _, _ = trained
+    script = textwrap.dedent(f"""
+        import sys
+        import edm2lib.phema.reconstruct as rec
+        assert "torch" not in sys.modules, "importing reconstruct imported torch"
+        rec.main([{str(snap_dir)!r}, {str(tmp_path)!r}, "--sigma-rel", "0.07", "--dtype", "float32"])
+        print("torch" in sys.modules)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False"
+    out = load_file(tmp_path / "phema-000000006400-0.070.safetensors")
+    assert out["lin1.weight"].dtype == torch.float32 and out["seen"].dtype == torch.int64
+
+
+def test_bf16_snapshots_are_read_through_torch_and_rejected_dtypes_named(tmp_path):
+    paths = _snapshots(tmp_path / "s")
+    for p in paths:  # rewrite as bf16 snapshots
+        meta = files.read_network_meta(p)
+        sd = {k: v.bfloat16() for k, v in load_file(p).items()}
+        files.save_network(
+            p, sd, meta.pop("config"), dtype=None, **{k: meta[k] for k in ("nimg", "sigma_rel")}
+        )
+    (out,) = rec.reconstruct(paths, 0.07, out_dir=tmp_path / "o", dtype=torch.float32, progress=False)
+    got, last = load_file(out), load_file(paths[-1])
+    assert got["weight"].dtype == torch.float32
+    assert (got["weight"] - last["weight"].float()).abs().max() < 0.05  # an average of nearby snapshots
+    with pytest.raises(ValueError, match=r"dtype 'int8'.*float16"):
+        rec.reconstruct(paths, 0.07, out_dir=tmp_path / "o2", dtype="int8", progress=False)

@@ -15,9 +15,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are handled: metadata and atomic writes stay torch-free
+    import torch
 
 NETWORK_FORMAT = "edm2lib.network/1"  # metadata["edm2lib"]["format"] of every network file
 META_KEY = "edm2lib"  # safetensors metadata is str -> str: all our metadata is one JSON string
@@ -115,6 +116,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def atomic_paths(paths: list[str | os.PathLike]) -> Iterator[list[Path]]:
+    """`atomic_path` for many files: all are fsynced at once (in parallel), then renamed, then each directory
+    is fsynced once; if the block fails, every temporary file is removed and none is renamed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths, tmps = [Path(p) for p in paths], []
+    try:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+            os.close(fd)
+            tmps.append(Path(tmp))
+        yield list(tmps)
+        with ThreadPoolExecutor(max_workers=max(1, min(16, len(tmps)))) as pool:
+            list(pool.map(_fsync_file, tmps))
+        while tmps:
+            os.chmod(tmps[0], _default_mode())
+            os.replace(tmps[0], paths[len(paths) - len(tmps)])
+            tmps.pop(0)
+        for parent in {p.parent for p in paths}:
+            fsync_dir(parent)
+    except BaseException:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory beside `path`, renamed onto `path` (which must not exist) on success."""
     path = Path(path)
@@ -170,7 +199,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:
             raw = (f.metadata() or {}).get(META_KEY)
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
@@ -183,11 +212,14 @@ def save_network(
     path: str | os.PathLike,
     state_dict: Mapping[str, torch.Tensor],
     config: Mapping[str, Any],
-    dtype: torch.dtype | None = torch.float16,
+    dtype: torch.dtype | str | None = "float16",
     **meta: Any,
 ) -> None:
     """Write a network file: `state_dict` (official key names, cast to `dtype` unless None), the
     `Precond` constructor keywords `config`, and extra metadata (nimg, sigma_rel, gamma, ...)."""
+    import torch
+
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     tensors = {
         k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in state_dict.items()
     }
@@ -203,13 +235,15 @@ def read_network_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_network(
-    path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | str = "float32"
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build the `Precond` recorded in a network file and load its weights (strict); eval mode, no grad."""
+    import torch
     from safetensors.torch import load_file
 
     from edm2lib.nn.networks import Precond
 
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     meta = read_network_meta(path)
     net = Precond(**meta["config"])
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}

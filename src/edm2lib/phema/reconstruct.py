@@ -4,7 +4,8 @@ Loop over tensor names; for each name read that tensor (in row chunks) from ever
 uses, form all targets' values with one matrix product in fp32, and append them to every output file. The
 outputs are streamed in the safetensors layout (the header is computable up front from shapes and dtypes),
 as temporary files renamed only when all of them are complete. Peak memory is
-O((snapshots + targets) x chunk), independent of the model size.
+O((snapshots + targets) x chunk), independent of the model size. numpy only: torch is imported solely for
+bf16 inputs (which numpy cannot hold), so the CLI starts in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -23,26 +24,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from safetensors import safe_open
-from tqdm import tqdm
 
 from edm2lib import files
 from edm2lib.phema.profiles import posthoc_coefficients, profile_error, sigma_rel_to_gamma
 
-_DTYPE_NAMES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
+_ITEMSIZE = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
 }
-_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
+_FLOATS = {"F64", "F32", "F16", "BF16"}
+_OUT_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16"}  # output dtype -> safetensors name
 CHUNK_NUMEL = 1 << 20  # elements per input per read: (snapshots + targets) x 4 MiB of fp32 at most
 MAPPED_BYTES = 128 << 20  # reopen the inputs after reading this much: touched mapped pages count in RSS
 
@@ -84,9 +84,9 @@ def _layout(files: dict[Path, Any]) -> dict[str, tuple[str, list[int]]]:
     """Tensor name -> (safetensors dtype, shape), identical across all files, else an error naming both."""
     (first, f0), *rest = files.items()
     layout = {k: (f0.get_slice(k).get_dtype(), list(f0.get_slice(k).get_shape())) for k in f0.keys()}  # noqa: SIM118 (safe_open handle)
-    unknown = {k: dt for k, (dt, _) in layout.items() if dt not in _DTYPES}
+    unknown = {k: dt for k, (dt, _) in layout.items() if dt not in _ITEMSIZE}
     if unknown:
-        raise ValueError(f"{first}: unsupported tensor dtypes {unknown}; expected one of {sorted(_DTYPES)}")
+        raise ValueError(f"{first}: unsupported tensor dtypes {unknown}; expected one of {sorted(_ITEMSIZE)}")
     for path, f in rest:
         keys = set(f.keys())
         if keys != set(layout):
@@ -101,14 +101,14 @@ def _layout(files: dict[Path, Any]) -> dict[str, tuple[str, list[int]]]:
     return dict(sorted(layout.items()))
 
 
-def _header(layout: Iterable[tuple[str, torch.dtype, list[int]]], meta: dict[str, Any]) -> tuple[bytes, int]:
+def _header(layout: Iterable[tuple[str, str, list[int]]], meta: dict[str, Any]) -> tuple[bytes, int]:
     """safetensors header (u64 length + JSON padded to 8 bytes) for tensors stored in `layout` order."""
     entries: dict[str, Any] = {"__metadata__": {files.META_KEY: json.dumps(meta, sort_keys=True)}}
     offset = 0
     for name, dtype, shape in layout:
-        nbytes = math.prod(shape) * dtype.itemsize
+        nbytes = math.prod(shape) * _ITEMSIZE[dtype]
         entries[name] = {
-            "dtype": _DTYPE_NAMES[dtype],
+            "dtype": dtype,
             "shape": shape,
             "data_offsets": [offset, offset + nbytes],
         }
@@ -122,13 +122,15 @@ class _Inputs:
     """safe_open handles of the inputs, reopened every MAPPED_BYTES read so that the pages a memory map
     has touched are released instead of accumulating (as resident file pages) up to the snapshot size."""
 
-    def __init__(self, paths: dict[int, Path]) -> None:
-        self.paths, self.files, self.since_open = paths, {}, 0
+    def __init__(self, paths: dict[int, Path], framework: str = "numpy") -> None:
+        self.paths, self.files, self.since_open, self.framework = paths, {}, 0, framework
         self._open()
 
     def _open(self) -> None:
         self.close()
-        self.files = {i: safe_open(str(p), framework="pt").__enter__() for i, p in self.paths.items()}
+        self.files = {
+            i: safe_open(str(p), framework=self.framework).__enter__() for i, p in self.paths.items()
+        }
         self.since_open = 0
 
     def close(self) -> None:
@@ -142,37 +144,53 @@ class _Inputs:
             self._open()
 
 
+def _numpy(value: Any, raw: bool = False) -> np.ndarray:
+    """A read tensor as a flat numpy array: itself (numpy framework), or a torch bf16 one as fp32 values
+    (`raw`: its bytes unchanged, for buffers copied as they are)."""
+    if isinstance(value, np.ndarray):
+        return value.reshape(-1)
+    import torch  # only bf16 inputs are read through torch
+
+    value = value.contiguous().reshape(-1)
+    return value.view(torch.uint8).numpy() if raw else value.float().numpy()
+
+
 class _Mixer:
     """coeffs^T @ [one chunk of a tensor from every input] in fp32, in reused buffers (fresh large
     allocations page-fault on every chunk and cost more than the arithmetic). Results alternate between
     two buffers, so one can be written to disk while the next is computed."""
 
-    def __init__(self, coeffs: torch.Tensor, chunk_numel: int, dtype: torch.dtype) -> None:
-        self.coeffs_t = coeffs.T.contiguous()  # [targets, inputs]
-        self.dtype, self.numel, self.turn = dtype, 0, 0
+    def __init__(self, coeffs: np.ndarray, chunk_numel: int, dtype: np.dtype) -> None:
+        self.coeffs_t = np.ascontiguousarray(coeffs.T, dtype=np.float32)  # [targets, inputs]
+        self.dtype, self.numel, self.turn = np.dtype(dtype), 0, 0
         self._grow(chunk_numel)
 
     def _grow(self, numel: int) -> None:
         if numel > self.numel:
             (k, s), self.numel = self.coeffs_t.shape, numel
-            self.inputs = torch.empty(s * numel)
-            self.out = None if self.dtype == torch.float32 else torch.empty(k * numel)
-            self.results = [torch.empty(k * numel, dtype=self.dtype) for _ in range(2)]
+            self.inputs = np.empty(s * numel, dtype=np.float32)
+            self.out = None if self.dtype == np.float32 else np.empty(k * numel, dtype=np.float32)
+            self.results = [np.empty(k * numel, dtype=self.dtype) for _ in range(2)]
 
-    def mix(self, files: list[Any], name: str, rows: slice | None) -> torch.Tensor:
+    def mix(self, files: list[Any], name: str, rows: slice | None) -> np.ndarray:
         """[targets, numel] values of tensor `name` (rows `rows`, None: whole), reading each file once."""
         (k, s), result = self.coeffs_t.shape, None
         for i, f in enumerate(files):
-            part = (f.get_tensor(name) if rows is None else f.get_slice(name)[rows]).reshape(-1)
+            part = _numpy(f.get_tensor(name) if rows is None else f.get_slice(name)[rows])
             if i == 0:
-                self._grow(n := part.numel())
-                inputs, result = self.inputs[: s * n].view(s, n), self.results[self.turn][: k * n].view(k, n)
+                self._grow(n := part.size)
+                inputs, result = (
+                    self.inputs[: s * n].reshape(s, n),
+                    self.results[self.turn][: k * n].reshape(k, n),
+                )
                 self.turn ^= 1
-            inputs[i].copy_(part)  # fp16 -> fp32 on the fly
+            np.copyto(inputs[i], part)  # fp16 -> fp32 on the fly
         if self.out is None:
-            torch.mm(self.coeffs_t, inputs, out=result)  # EDM2 Sec. 3.2: theta_k = sum_i X_ik theta_i
+            np.matmul(self.coeffs_t, inputs, out=result)  # EDM2 Sec. 3.2: theta_k = sum_i X_ik theta_i
         else:
-            result.copy_(torch.mm(self.coeffs_t, inputs, out=self.out[: k * n].view(k, n)))
+            np.copyto(
+                result, np.matmul(self.coeffs_t, inputs, out=self.out[: k * n].reshape(k, n)), "same_kind"
+            )
         return result
 
 
@@ -191,13 +209,13 @@ class _Writer:
             try:
                 if self.error is None:
                     for f, value in item:
-                        f.write(value.contiguous().reshape(-1).view(torch.uint8).numpy())
+                        f.write(np.ascontiguousarray(value).reshape(-1).view(np.uint8))
             except BaseException as e:  # re-raised on the caller's thread
                 self.error = e
             finally:
                 self.queue.task_done()
 
-    def put(self, pairs: Iterable[tuple[Any, torch.Tensor]]) -> None:
+    def put(self, pairs: Iterable[tuple[Any, np.ndarray]]) -> None:
         """Queue (file, tensor) writes once the previous chunk is written (its buffer is then reusable)."""
         self.queue.join()
         if self.error is not None:
@@ -235,11 +253,12 @@ class _Plan:
 
 
 def _open_outputs(stack, plan: _Plan, inputs, layout, buffers, dtype, out_dir) -> list[tuple[Any, int]]:
-    """Temporary output files (renamed when `stack` closes without error) with their headers written."""
+    """Temporary output files (all fsynced and renamed when `stack` closes without error), headers written."""
     meta0 = inputs[plan.rows[-1]][1]
-    out_dtypes = {k: _DTYPES[dt] if k in buffers else dtype for k, (dt, _) in layout.items()}
+    out_dtypes = {k: dt if k in buffers else dtype for k, (dt, _) in layout.items()}
+    tmps = stack.enter_context(files.atomic_paths([Path(out_dir) / name for name in plan.names]))
     outs = []
-    for k, ((t, s), name) in enumerate(zip(plan.targets, plan.names)):
+    for k, ((t, s), tmp) in enumerate(zip(plan.targets, tmps)):
         meta = {
             "format": files.NETWORK_FORMAT,
             "config": meta0["config"],
@@ -252,7 +271,6 @@ def _open_outputs(stack, plan: _Plan, inputs, layout, buffers, dtype, out_dir) -
             **({"encoder": meta0["encoder"]} if "encoder" in meta0 else {}),
         }
         header, nbytes = _header(((n, out_dtypes[n], shape) for n, (_, shape) in layout.items()), meta)
-        tmp = stack.enter_context(files.atomic_path(Path(out_dir) / name))
         f = stack.enter_context(open(tmp, "wb"))  # noqa: SIM115 (closed by the stack)
         f.write(header)
         outs.append((f, len(header) + nbytes))
@@ -273,7 +291,7 @@ def reconstruct(
     out_nimg: int | Sequence[int] | None = None,
     *,
     out_dir: str | os.PathLike,
-    dtype: torch.dtype = torch.float16,
+    dtype: Any = "float16",
     chunk_numel: int = CHUNK_NUMEL,
     progress: bool = True,
 ) -> list[Path]:
@@ -282,7 +300,11 @@ def reconstruct(
     `snapshot_paths`: snapshot files or a directory of them. `out_nimg`: one time or a list of times
     (default: the latest snapshot time); the grid is times x `out_sigma_rel`. Parameters are averaged
     (EDM2 Sec. 3.2), buffers (metadata `buffers`, else non-float tensors) come from the last input used.
+    `dtype`: of the averaged parameters, "float16"/"float32"/"float64" (a numpy or torch dtype also works).
     """
+    out_dtype = str(dtype).removeprefix("torch.")
+    if out_dtype not in _OUT_DTYPES:
+        raise ValueError(f"dtype {dtype!r}: reconstructions are written as one of {sorted(_OUT_DTYPES)}")
     if isinstance(snapshot_paths, str | os.PathLike):
         snapshot_paths = find_snapshots(snapshot_paths) if Path(snapshot_paths).is_dir() else [snapshot_paths]
     paths = [Path(p) for p in snapshot_paths]
@@ -290,36 +312,41 @@ def reconstruct(
         raise ValueError("no snapshot files given")
     inputs = _read_inputs(paths)
     plan = _Plan(inputs, out_sigma_rel, out_nimg)
-    coeffs = torch.from_numpy(plan.X[plan.rows]).float()
     with contextlib.ExitStack() as stack:
         handles = stack.enter_context(contextlib.closing(_Inputs({i: inputs[i][0] for i in plan.rows})))
         layout = _layout({inputs[i][0]: f for i, f in handles.files.items()})
+        if any(dt == "BF16" for dt, _ in layout.values()):  # numpy has no bf16: read through torch
+            handles.framework = "pt"
+            handles._open()
         meta0 = inputs[plan.rows[-1]][1]
         if "buffers" in meta0:
             buffers = set(meta0["buffers"]) & set(layout)
         else:
-            buffers = {k for k, (dt, _) in layout.items() if not _DTYPES[dt].is_floating_point}
-        outs = _open_outputs(stack, plan, inputs, layout, buffers, dtype, out_dir)
-        mixer = _Mixer(coeffs, chunk_numel, dtype)
+            buffers = {k for k, (dt, _) in layout.items() if dt not in _FLOATS}
+        outs = _open_outputs(stack, plan, inputs, layout, buffers, _OUT_DTYPES[out_dtype], out_dir)
+        mixer = _Mixer(plan.X[plan.rows], chunk_numel, np.dtype(out_dtype))
         writer = stack.enter_context(contextlib.closing(_Writer()))
-        for name, (dt, shape) in tqdm(
-            layout.items(), desc="reconstruct", unit="tensor", disable=not progress
-        ):
+        tensors: Iterable = layout.items()
+        if progress:
+            from tqdm import tqdm
+
+            tensors = tqdm(tensors, desc="reconstruct", unit="tensor", total=len(layout))
+        for name, (dt, shape) in tensors:
             if name in buffers:  # copied from the last input each target uses; one read per input
                 for i in sorted(set(plan.last)):
-                    value = handles.files[i].get_tensor(name)
+                    value = _numpy(handles.files[i].get_tensor(name), raw=True)
                     writer.put((outs[k][0], value) for k, j in enumerate(plan.last) if j == i)
-                    handles.account(value.numel() * value.element_size())
+                    handles.account(value.nbytes)
                 continue
             for span in _row_spans(shape, chunk_numel):
                 values = mixer.mix(list(handles.files.values()), name, span)
                 writer.put(zip((f for f, _ in outs), values))
-                handles.account(values.shape[1] * _DTYPES[dt].itemsize * len(handles.files))
+                handles.account(values.shape[1] * _ITEMSIZE[dt] * len(handles.files))
         writer.close()
         for (f, size), name in zip(outs, plan.names):
             if f.tell() != size:
                 raise RuntimeError(f"{name}: wrote {f.tell()} bytes, the header promises {size}")
-            f.close()  # leaving the stack then fsyncs and renames every output
+            f.close()  # leaving the stack then fsyncs every output at once and renames them
     return [Path(out_dir) / name for name in plan.names]
 
 
@@ -338,9 +365,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--plot", type=Path, help="also write a PNG of target vs reconstructed profiles")
     args = parser.parse_args(argv)
     paths = find_snapshots(args.snapshot_dir)
-    outs = reconstruct(
-        paths, args.sigma_rel, args.nimg, out_dir=args.out_dir, dtype=getattr(torch, args.dtype)
-    )
+    outs = reconstruct(paths, args.sigma_rel, args.nimg, out_dir=args.out_dir, dtype=args.dtype)
     for path in outs:
         meta = files.read_network_meta(path)
         print(f"{path}  profile_error={meta['profile_error']:.2e}")
