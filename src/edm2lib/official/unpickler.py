@@ -111,7 +111,7 @@ try:
 except ImportError:  # numpy < 2
     from numpy.core.multiarray import scalar as _np_scalar
 
-# What a reference-statistics pickle may reference (EDM2-FACTS 9: a dict of numpy arrays): numpy only.
+# What a reference-statistics pickle may reference (docs/official.md: a dict of numpy arrays): numpy only.
 NUMPY_GLOBALS: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("numpy", "dtype"): np.dtype,
     ("numpy", "ndarray"): np.ndarray,
