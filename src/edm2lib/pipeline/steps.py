@@ -309,9 +309,9 @@ def official_posthoc(
 ) -> list[Path]:
     """Fetch the released post-hoc reconstructions (nimg, sigma_rel) of `run` and convert each into
     `out_dir`/phema-<nimg>-<sigma_rel>.safetensors; `out_json` lists them (the run's `trained` marker)."""
+    from edm2lib.files import phema_name
     from edm2lib.official import releases
     from edm2lib.official.convert import convert
-    from edm2lib.files import phema_name
 
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     outputs, sources = [], []
@@ -336,9 +336,9 @@ def official_raw(
 ) -> dict[str, Any]:
     """Fetch a released run's raw EMA snapshots up to `run.duration` (every `run.snapshot_nimg`), convert
     them into `snapshots_dir` under edm2lib's snapshot names, and write the `trained` marker listing them."""
+    from edm2lib.files import snapshot_name
     from edm2lib.official import releases
     from edm2lib.official.convert import convert
-    from edm2lib.files import snapshot_name
 
     snapshots = []
     for nimg in releases.raw_times(run["model"], run["duration"], run["snapshot_nimg"]):

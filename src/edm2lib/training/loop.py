@@ -84,7 +84,9 @@ class Trainer:
         self.mpconvs = [m for m in self.net.modules() if isinstance(m, MPConv)]
         # Adam with the recipe's betas (EDM2 App. B.2: beta2 0.99 from B on), eps 1e-8; one fused kernel on CUDA
         self.fused = True if self.device.type == "cuda" else None
-        self.optimizer = torch.optim.Adam(self.params, lr=0.0, betas=cfg.adam_betas, eps=1e-8, fused=self.fused)
+        self.optimizer = torch.optim.Adam(
+            self.params, lr=0.0, betas=cfg.adam_betas, eps=1e-8, fused=self.fused
+        )
         self.ema = PowerFunctionEMA(self.net, cfg.sigma_rels)
         self.sampler = ShardedSampler(
             len(self.dataset), cfg.seed, self.dist.rank, self.dist.world_size, self.batch_gpu
