@@ -1,7 +1,7 @@
 """NVIDIA's published reference statistics (dataset-refs/*.pkl) -> edm2lib statistics files, code-free.
 
 The pickle is {num_images, fid: {mu, sigma}, fd_dinov2: {mu, sigma}} of float64 numpy
-arrays (docs/official.md); it is read with an unpickler that knows numpy's array constructors and nothing else.
+arrays (docs/official.md); it is read with an unpickler that knows numpy's array constructors only.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ class Trainer:
         self.net = Precond(**self.net_kwargs).to(self.device).train()
         self.params = list(self.net.parameters())
         self.mpconvs = [m for m in self.net.modules() if isinstance(m, MPConv)]
-        # Adam with the recipe's betas (EDM2 App. B.2: beta2 0.99 from B on), eps 1e-8; one fused kernel on CUDA
+        # Adam with the recipe's betas (EDM2 App. B.2: beta2 0.99 from B on), eps 1e-8; fused on CUDA
         self.fused = True if self.device.type == "cuda" else None
         self.optimizer = torch.optim.Adam(
             self.params, lr=0.0, betas=cfg.adam_betas, eps=1e-8, fused=self.fused
