@@ -1,4 +1,6 @@
 # Paths, wildcards and input/params functions shared by the rules; the config logic lives in edm2lib.pipeline.
+import re
+
 from edm2lib import files
 from edm2lib.pipeline import config as pipeline
 from edm2lib.pipeline.steps import training_identity
@@ -77,3 +79,17 @@ def launcher(wildcards, resources):
         return ""
     cpus = resources.get("cpus_per_task")
     return f"{resources.mpi} -n {resources.tasks}" + (f" -c {cpus}" if cpus else "")
+
+
+# Released runs (official.smk)
+POSTHOC_RUNS = pipeline.official_runs(config, pipeline.OFFICIAL)
+RAW_RUNS = pipeline.official_runs(config, pipeline.OFFICIAL_RAW)
+
+
+def _one_of(names):
+    return "|".join(re.escape(n) for n in names)
+
+
+def official_targets(wildcards):
+    """The ours-vs-paper plot, for configs with released runs."""
+    return ["results/ours_vs_paper.png"] if POSTHOC_RUNS or RAW_RUNS else []

@@ -2,21 +2,6 @@
 # post-hoc reconstructions -> runs/<run>/phema/ (source: official), raw EMA snapshots -> runs/<run>/snapshots/
 # (source: official-raw, then the normal phema rule), published reference statistics -> data/<name>/ref-*.npz
 # (data.source: official). Each rule exists only when the config uses it, so other configs are unchanged.
-import re
-
-POSTHOC_RUNS = pipeline.official_runs(config, pipeline.OFFICIAL)
-RAW_RUNS = pipeline.official_runs(config, pipeline.OFFICIAL_RAW)
-
-
-def _one_of(names):
-    return "|".join(re.escape(n) for n in names)
-
-
-def official_targets(wildcards):
-    """The ours-vs-paper plot, for configs with released runs."""
-    return ["results/ours_vs_paper.png"] if POSTHOC_RUNS or RAW_RUNS else []
-
-
 if POSTHOC_RUNS:
 
     rule official_posthoc:
@@ -37,6 +22,8 @@ if POSTHOC_RUNS:
         resources:
             mem_mb=8000,
             runtime=240,
+        conda:
+            ENV
         script:
             "../scripts/official_posthoc.py"
 
@@ -63,6 +50,8 @@ if RAW_RUNS:
         resources:
             mem_mb=8000,
             runtime=1440,
+        conda:
+            ENV
         script:
             "../scripts/official_raw.py"
 
@@ -84,6 +73,8 @@ if config["data"]["source"] == "official":
         resources:
             mem_mb=16000,
             runtime=60,
+        conda:
+            ENV
         script:
             "../scripts/official_refs.py"
 
@@ -98,5 +89,7 @@ rule official_plot:
     log:
         "logs/official_plot/plot.log",
     localrule: True
+    conda:
+        ENV
     script:
         "../scripts/official_plot.py"
