@@ -137,7 +137,7 @@ def test_preemption_or_signal_exits_75_for_the_retry_to_resume(tmp_path, monkeyp
 def test_device_auto_is_cpu_without_cuda_devices_and_an_error_when_cuda_fails(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(distributed, "cuda_device_nodes", lambda: [])
-    assert distributed.pick_device("auto", 0) == torch.device("cpu")
+    assert distributed.resolve_device("auto", 0) == torch.device("cpu")
     monkeypatch.setattr(distributed, "cuda_device_nodes", lambda: ["/dev/nvidia0"])
 
     def broken():
@@ -145,7 +145,7 @@ def test_device_auto_is_cpu_without_cuda_devices_and_an_error_when_cuda_fails(mo
 
     monkeypatch.setattr(torch.cuda, "init", broken)
     with pytest.raises(ValueError) as err:
-        distributed.pick_device("auto", 0)
+        distributed.resolve_device("auto", 0)
     assert "/dev/nvidia0" in str(err.value) and "driver initialization failed" in str(err.value)
     assert "device: cpu" in str(err.value) and "\n" not in str(err.value)
 

@@ -93,9 +93,23 @@ def cuda_device_nodes() -> list[str]:
     return sorted(str(p) for p in Path("/dev").glob("nvidia[0-9]*"))
 
 
-def pick_device(requested: str, local_rank: int) -> torch.device:
-    """`auto`: cuda:LOCAL_RANK (modulo the visible GPUs) when CUDA works; cpu only when the machine has no
-    CUDA device; a GPU machine whose CUDA fails to initialise is an error, not a silent CPU run."""
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def local_rank() -> int:
+    """This process's index on its node (`LOCAL_RANK`, set by torchrun or by `init` under srun), else 0."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def resolve_device(requested: str | torch.device | None = "auto", local: int | None = None) -> torch.device:
+    """The one device rule of every stage: `auto` (or None) = cuda:LOCAL_RANK (modulo the visible GPUs)
+    when CUDA works; cpu only when the machine has no CUDA device; a GPU machine whose CUDA fails to
+    initialise is an error, not a silent CPU run. `cpu`, `cuda`, `cuda:N` as given."""
+    requested = "auto" if requested is None else str(requested)
     if requested == "auto" and not torch.cuda.is_available():
         nodes = cuda_device_nodes()
         if not nodes:
@@ -115,7 +129,7 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
         raise ValueError(f"device '{requested}' requested but CUDA is not available; use device: cpu or auto")
     if requested.startswith("cuda:"):
         return torch.device(requested)
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cuda", (local_rank() if local is None else local) % torch.cuda.device_count())
 
 
 def init(device: str = "auto") -> DistInfo:
@@ -128,7 +142,7 @@ def init(device: str = "auto") -> DistInfo:
         rank, world, local = int(slurm["RANK"]), int(slurm["WORLD_SIZE"]), int(slurm["LOCAL_RANK"])
     else:
         rank, world, local = 0, 1, 0
-    dev = pick_device(device, local)
+    dev = resolve_device(device, local)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():

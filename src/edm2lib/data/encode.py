@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from edm2lib import distributed
 from edm2lib.data.dataset import LATENTS_FORMAT, ImageDataset, open_dataset
 from edm2lib.data.encoders import SD_VAE_ID, encode_pixels, load_vae, sd_vae_description, vae_identity
 from edm2lib.files import atomic_path, fsync_dir
@@ -57,21 +59,30 @@ def _open_part(path: Path, fingerprint: str, rows: int, shape: tuple[int, ...], 
     return f
 
 
+@dataclasses.dataclass(frozen=True)
+class _Part:
+    """One rank's share of the output: rows [start, stop), written to `path`, renamed to `finished`."""
+
+    path: Path
+    finished: Path
+    fingerprint: str
+    start: int
+    stop: int
+
+
 def _encode_part(
     images: ImageDataset,
     vae: Any,
-    path: Path,
-    finished: Path,
-    fingerprint: str,
-    start: int,
-    stop: int,
+    part: _Part,
+    *,
     batch_size: int,
     dtype: str,
     shape: tuple[int, ...],
     progress: bool,
 ) -> None:
-    """Encode rows [start, stop) into `path`, continuing after the rows its `done` attribute counts,
-    then rename it to `finished` (a finished part with the same fingerprint is kept as it is)."""
+    """Encode the part's rows, continuing after the rows its `done` attribute counts, then rename it to
+    `part.finished` (a finished part with the same fingerprint is kept as it is)."""
+    path, finished, fingerprint, start, stop = dataclasses.astuple(part)
     if finished.is_file():
         with h5py.File(finished, "r") as f:
             if f.attrs.get("fingerprint") == fingerprint:
@@ -150,10 +161,8 @@ def encode_dataset(
     images = open_dataset(images_h5)
     if not isinstance(images, ImageDataset):
         raise ValueError(f"{images_h5}: encode needs an images.h5 data set, got {type(images).__name__}")
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if rank is None or world_size is None:
-        rank = torch.distributed.get_rank() if distributed else 0
-        world_size = torch.distributed.get_world_size() if distributed else 1
+        rank, world_size = distributed.rank_world()
     identity = vae_identity(vae, revision)
     model = load_vae(vae, revision, device) if isinstance(vae, str | os.PathLike) else vae.to(device).eval()
     with torch.no_grad():  # one probe image gives the latent shape
@@ -164,11 +173,12 @@ def encode_dataset(
     start, stop = _rank_range(len(images), rank, world_size)
     show = progress and rank == 0
     work = part_path(latents_h5, rank, world_size)
-    _encode_part(images, model, work, parts[rank], fingerprint, start, stop, batch_size, dtype, shape, show)
+    part = _Part(work, parts[rank], fingerprint, start, stop)
+    _encode_part(images, model, part, batch_size=batch_size, dtype=dtype, shape=shape, progress=show)
     if rank == 0:
         # wait on files, not on a collective: after a resume ranks may finish hours apart
         while missing := [p for p in parts if not p.is_file()]:
-            if not distributed:
+            if not distributed.active():
                 raise ValueError(
                     f"{latents_h5}: part is incomplete: {missing[0]} missing; run that rank first"
                 )

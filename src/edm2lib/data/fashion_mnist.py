@@ -1,4 +1,8 @@
-"""Fashion-MNIST (70k 28x28 grey, 10 classes, MIT) from Debian's IDX files or a checked download."""
+"""Fashion-MNIST (70k 28x28 grey, 10 classes, MIT): find the IDX files, or download them with a checksum.
+
+The library never installs anything: as root on Debian/Ubuntu, `apt-get install dataset-fashion-mnist` puts
+the files under `DEBIAN_DIR` (the README's demo command does this).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,10 @@ import numpy as np
 
 from edm2lib.files import atomic_path
 
-DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
-URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"  # canonical host (zalandoresearch README)
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")  # where Debian's package puts the files
+INSTALL = "apt-get install dataset-fashion-mnist"  # the command named when the files are missing offline
+# The zalandoresearch/fashion-mnist repository ships the same IDX .gz files under data/fashion/ (https).
+URL = "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/"
 CLASS_NAMES = [
     "T-shirt/top",
     "Trouser",
@@ -50,32 +56,36 @@ def read_idx(raw: bytes, where: str) -> np.ndarray:
     return data.reshape(dims)
 
 
-def _load(path: Path) -> bytes:
+def _load(path: Path, name: str | None = None) -> bytes:
+    """Decompressed contents of IDX file `name` (default: the file's own name), sha256 checked."""
+    name = name or path.name
     try:
         raw = gzip.decompress(path.read_bytes())
     except (OSError, EOFError) as e:
         raise ValueError(f"{path}: not a readable gzip file ({e}); delete it and retry") from e
     digest = hashlib.sha256(raw).hexdigest()
-    if digest != FILES[path.name]:
-        raise ValueError(f"{path}: sha256 of the contents is {digest}, expected {FILES[path.name]}")
+    if digest != FILES[name]:
+        raise ValueError(f"{path}: sha256 of the contents is {digest}, expected {FILES[name]}")
     return raw
 
 
-def _download(directory: Path) -> None:
+def _download(directory: Path, url: str = URL) -> None:
+    """Fetch the missing files; each is checked under its temporary name and renamed only if it matches."""
     for name in FILES:
         target = directory / name
         if target.is_file():
             continue
-        try:
-            with urllib.request.urlopen(URL + name, timeout=60) as r, atomic_path(target) as tmp:
-                tmp.write_bytes(r.read())
-        except OSError as e:
-            raise FileNotFoundError(
-                f"Fashion-MNIST: {name} is not in {DEBIAN_DIR} and the download from {URL} failed ({e}). "
-                f"Install Debian's dataset-fashion-mnist, or put the four IDX .gz files ({', '.join(FILES)}) "
-                f"in a folder and use the source 'fashion-mnist:<folder>'"
-            ) from e
-        _load(target)  # verify before anyone relies on it
+        with atomic_path(target) as tmp:
+            try:
+                with urllib.request.urlopen(url + name, timeout=60) as r:
+                    tmp.write_bytes(r.read())
+            except OSError as e:
+                raise FileNotFoundError(
+                    f"Fashion-MNIST: {', '.join(FILES)} are not in {DEBIAN_DIR} and downloading {url}{name} "
+                    f"failed ({e}); run `{INSTALL}` as root, or put the four files in a folder and use the "
+                    "source 'fashion-mnist:<folder>'"
+                ) from e
+            _load(tmp, name)  # a mismatch raises here: the temporary file is deleted, never renamed
 
 
 def find_files(directory: str | os.PathLike | None = None, cache: str | os.PathLike | None = None) -> Path:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edm2lib import distributed
 from edm2lib.files import sha256_file
 from edm2lib.metrics import dinov2, inception
 from edm2lib.metrics.weights import load_weights_file, resolve_weights
@@ -43,18 +44,6 @@ def as_nchw_uint8(images: Any) -> torch.Tensor:
     )
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None -> cuda:LOCAL_RANK if CUDA is available, else cpu; a CUDA device without CUDA is an error."""
-    if device is None:
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but CUDA is not available; use device=None or 'cpu'")
-    return device
-
-
 class Detector:
     """A feature network plus its identity; `detector(images)` -> float32 [N, dim] on `device`."""
 
@@ -63,7 +52,7 @@ class Detector:
         self.metric = METRIC.get(name, name)  # 'fid' | 'fd_dinov2'
         self.dim = dim
         self.identity = dict(identity)
-        self.device = resolve_device(device)
+        self.device = distributed.resolve_device(device)
         self.net = net.to(self.device).eval().requires_grad_(False)
 
     def __repr__(self) -> str:

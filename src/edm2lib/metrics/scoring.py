@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edm2lib import distributed
 from edm2lib.metrics.detectors import IDENTITY_KEYS, RANDOM_INIT, Detector, as_nchw_uint8
 from edm2lib.metrics.frechet import frechet_distance
 from edm2lib.metrics.stats import FeatureStats, load_stats, save_stats
@@ -27,14 +28,6 @@ def _as_list(detectors: Detectors) -> list[Detector]:
     if len({d.name for d in dets}) != len(dets):
         raise ValueError(f"two detectors share a name: {[d.name for d in dets]}")
     return dets
-
-
-def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class FeatureCollector:
@@ -74,7 +67,7 @@ def compute_stats(
     from tqdm import tqdm
 
     collect = FeatureCollector(detectors, resolution)
-    disable = not progress or _rank_world()[0] != 0
+    disable = not progress or distributed.rank_world()[0] != 0
     with tqdm(total=total, unit="img", desc="features", disable=disable) as bar:
         for batch in batches:
             bar.update(collect(batch))
@@ -100,7 +93,7 @@ def _open_images(path: str | os.PathLike):
 
 def _share(indices: np.ndarray) -> np.ndarray:
     """This rank's contiguous share of `indices` (contiguous shares read fastest from HDF5 chunks)."""
-    rank, world = _rank_world()
+    rank, world = distributed.rank_world()
     return np.array_split(indices, world)[rank]
 
 
@@ -146,7 +139,7 @@ def reference_stats(
     source = f"{images_h5} ({len(indices)} of {n_total} images{subset})"
     metas = {}
     for d in dets:
-        if _rank_world()[0] == 0:
+        if distributed.rank_world()[0] == 0:
             metas[d.name] = save_stats(out_paths[d.name], stats[d.name], d.identity, source)
     return metas
 

@@ -43,43 +43,16 @@ def run_step(log_path: str | Path, fn: Callable[..., Any], /, *args: Any, **kwar
 
 def default_device() -> str:
     """`cuda` when a GPU is visible, else `cpu` (every engine falls back to CPU with the same results)."""
-    import torch
+    from edm2lib import distributed
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-DEBIAN_PACKAGE = "dataset-fashion-mnist"  # installs the IDX files under /usr/share/datasets/fashion-mnist
-
-
-def install_fashion_mnist() -> bool:
-    """As root on Debian/Ubuntu without the files: `apt-get install dataset-fashion-mnist`; True if it ran.
-
-    Anywhere else (or if apt fails) `edm2lib.data` downloads the files and checks their sha256 instead.
-    """
-    import os
-    import shutil
-    import subprocess
-
-    from edm2lib.data.fashion_mnist import DEBIAN_DIR, FILES
-
-    if all((DEBIAN_DIR / n).is_file() for n in FILES) or os.geteuid() != 0 or not shutil.which("apt-get"):
-        return False
-    print(f"installing Debian's {DEBIAN_PACKAGE} (running as root)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", DEBIAN_PACKAGE]):
-        if subprocess.run(cmd, env=env, stdout=sys.stdout, stderr=sys.stdout, check=False).returncode != 0:
-            print(f"{' '.join(cmd)} failed; falling back to the checksummed download")
-            return False
-    return True
+    return distributed.resolve_device("auto").type
 
 
 def prepare(data: Mapping[str, Any], out_h5: str | Path, workers: int) -> dict[str, Any]:
-    """images.h5 from the `data` config section (Fashion-MNIST installed from Debian where possible)."""
+    """images.h5 from the `data` config section (Fashion-MNIST: Debian's files, else a checked download)."""
     from edm2lib.data import prepare_dataset
     from edm2lib.pipeline.config import data_source
 
-    if data["source"] == "fashion-mnist" and not data.get("path"):
-        install_fashion_mnist()
     return prepare_dataset(
         data_source(data),
         out_h5,

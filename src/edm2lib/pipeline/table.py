@@ -46,10 +46,10 @@ def reference_stats(
     images_h5: str | os.PathLike, detector: str, metrics: Mapping[str, Any], out_npz: str
 ) -> dict:
     """Feature statistics of the real images for one detector (`metrics.ref_images`: random subset size)."""
+    from edm2lib.distributed import resolve_device
     from edm2lib.metrics import reference_stats as compute
-    from edm2lib.pipeline.steps import default_device
 
-    dets = load_detectors(metrics, [detector], default_device())
+    dets = load_detectors(metrics, [detector], resolve_device("auto").type)
     meta = compute(
         images_h5,
         {detector: out_npz},
@@ -80,10 +80,10 @@ def score_point(
     """Score one seed block of samples against the reference statistics; write the point's metrics JSON."""
     import h5py
 
+    from edm2lib.distributed import resolve_device
     from edm2lib.metrics import score_samples
-    from edm2lib.pipeline.steps import default_device
 
-    dets = load_detectors(metrics, list(refs), default_device())
+    dets = load_detectors(metrics, list(refs), resolve_device("auto").type)
     scores = score_samples(str(samples_h5), dict(refs), dets, batch_size=metrics["batch"], progress=False)
     with h5py.File(samples_h5, "r") as f:
         nfe, images = int(f.attrs["nfe"]), len(f["images"])

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from edm2lib import distributed
 from edm2lib.data.encoders import make_codec
 from edm2lib.files import atomic_path, load_network, sha256_file
 from edm2lib.sampling.heun import check_sampler_inputs, count_nfe, edm_sampler, seed_noise_and_labels
@@ -26,13 +27,6 @@ _NFE_KEYS += ("S_churn", "S_min", "S_max")  # the settings that decide how often
 OnBatch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
-def _dist() -> tuple[int, int]:
-    """(rank, world size) of the initialised torch.distributed group, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def rank_batches(num_seeds: int, batch_size: int, rank: int, world: int) -> list[np.ndarray]:
     """Index chunks of this rank: world * ceil(n / (batch * world)) near-equal chunks, rank r takes r::world.
 
@@ -41,12 +35,6 @@ def rank_batches(num_seeds: int, batch_size: int, rank: int, world: int) -> list
     num_batches = world * max(math.ceil(num_seeds / (batch_size * world)), 1)
     chunks = np.array_split(np.arange(num_seeds), num_batches)
     return [c for c in chunks[rank::world] if len(c)]
-
-
-def _default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
 
 
 class _Rows:
@@ -192,8 +180,8 @@ def generate(
         raise ValueError("nothing to do: pass out_h5, grid_png and/or on_batch")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
-    rank, world = _dist()
-    device = torch.device(device) if device is not None else _default_device()
+    rank, world = distributed.rank_world()
+    device = distributed.resolve_device(device)
 
     net, gnet, meta = _load_networks(net_path, gnet_path, device)
     if class_idx is not None and net.label_dim == 0:
