@@ -95,24 +95,6 @@ def test_new_guidance_setting_samples_and_scores_only_the_new_points(ran):
     assert job_counts(proc.stdout) == {"sample": 3, "score": 3, "table": 1, "all": 1}
 
 
-def test_new_sigma_rel_reruns_one_reconstruction_pass_and_only_the_new_point(ran):
-    config = edited(ran, "phema", {"sigma_rel": [0.05, 0.10, 0.15, 0.20]})
-    proc = snakemake(ran, "-n", "--configfile", str(config))
-    assert job_counts(proc.stdout) == {
-        "phema": 1,
-        "phema_plot": 1,
-        "sample": 1,
-        "score": 1,
-        "table": 1,
-        "all": 1,
-    }
-    old = ran / "samples" / "tiny" / "000000000256-0.100-ag" / "block0.h5"
-    before = old.stat().st_mtime_ns
-    snakemake(ran, "--cores", "2", "--configfile", str(config))
-    assert old.stat().st_mtime_ns == before  # existing samples were not redone
-    assert [r["sigma_rel"] for r in rows(ran / "results" / "fid_table.csv")][-1] == "0.2000"
-
-
 def test_missing_weights_file_fails_the_rule_that_needs_it_naming_the_file(ran, tmp_path):
     (tmp_path / "data" / "ci").mkdir(parents=True)
     shutil.copy(ran / "data" / "ci" / "images.h5", tmp_path / "data" / "ci" / "images.h5")
@@ -217,3 +199,22 @@ def test_effective_config_is_written_and_shown_in_the_report(ran):
     snakemake(ran, "--report", str(ran / "report.html"), "--configfile", str(ran / "config.yaml"))
     html = (ran / "report.html").read_text()
     assert "effective config" in html and '"tiny"' in html
+
+
+# Last: this one runs the pipeline with a new grid point, which changes the shared run's state.
+def test_new_sigma_rel_reruns_one_reconstruction_pass_and_only_the_new_point(ran):
+    config = edited(ran, "phema", {"sigma_rel": [0.05, 0.10, 0.15, 0.20]})
+    proc = snakemake(ran, "-n", "--configfile", str(config))
+    assert job_counts(proc.stdout) == {
+        "phema": 1,
+        "phema_plot": 1,
+        "sample": 1,
+        "score": 1,
+        "table": 1,
+        "all": 1,
+    }
+    old = ran / "samples" / "tiny" / "000000000256-0.100-ag" / "block0.h5"
+    before = old.stat().st_mtime_ns
+    snakemake(ran, "--cores", "2", "--configfile", str(config))
+    assert old.stat().st_mtime_ns == before  # existing samples were not redone
+    assert [r["sigma_rel"] for r in rows(ran / "results" / "fid_table.csv")][-1] == "0.2000"
