@@ -194,7 +194,8 @@ def test_old_checkpoints_are_pruned_to_keep_the_newest(tmp_path):
     again = loop.train(tiny_config(tmp_path, duration=40))  # finished runs stay finished
     assert again["nimg"] == 40
     with pytest.raises(
-        ValueError, match="ckpt-000000000040: checkpoint has seed=0, config has 1; use a new run_dir"
+        ValueError,
+        match=r"ckpt-000000000040: this run was trained with another identity \(changed: seed: 0 -> 1\)",
     ):
         loop.train(tiny_config(tmp_path, duration=48, seed=1))
 
