@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from edm2lib import files
 from edm2lib.data.dataset import open_dataset
 from edm2lib.nn.networks import Precond
 from edm2lib.training import telemetry
@@ -103,7 +104,7 @@ def test_bad_line_before_the_end_is_an_error(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text('{"nimg": 1}\nnot json\n{"nimg": 2}\n')
     with pytest.raises(ValueError, match=r"t.jsonl:2: not a JSON line"):
-        telemetry.read_jsonl(path)
+        files.read_jsonl(path)
 
 
 def test_dynamics_plot_is_written(tmp_path):

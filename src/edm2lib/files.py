@@ -13,7 +13,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -252,3 +253,41 @@ def load_network(
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not match the recorded config: {e}") from e
     return net.to(device).eval().requires_grad_(False), meta
+
+
+# Append-only JSONL logs (stats.jsonl, telemetry.jsonl), resumed with their run.
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of an append-only JSONL file; a torn last line (a write cut off by a kill) is dropped with
+    a warning, a bad line elsewhere is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path}:{i + 1}: not a JSON line (only the last may be torn)") from error
+            warnings.warn(f"{path}:{i + 1}: dropping a torn last line {line[:40]!r}", stacklevel=2)
+    return records
+
+
+def append_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
+    """Append records, one JSON line each, flushed and fsynced."""
+    with open(path, "a") as f:
+        for record in records:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def truncate_jsonl(path: str | os.PathLike, nimg: int) -> None:
+    """Keep the records at or before `nimg` (a resumed run rewrites what came after its checkpoint)."""
+    path = Path(path)
+    if path.is_file():
+        kept = [r for r in read_jsonl(path) if r["nimg"] <= nimg]
+        atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from edm2lib import distributed
+from edm2lib import distributed, files
 from edm2lib.data.dataset import LatentDataset, open_dataset
 from edm2lib.nn.layers import MPConv
 from edm2lib.nn.networks import Precond
@@ -142,7 +142,7 @@ class Trainer:
         self.nonfinite_steps += int(state["nonfinite_steps"])
         self.log.truncate_stats(self.nimg)
         if self.dist.is_main:
-            telemetry.truncate_jsonl(self.run_dir / "telemetry.jsonl", self.nimg)
+            files.truncate_jsonl(self.run_dir / "telemetry.jsonl", self.nimg)
         self.log(f"resumed from {path} at nimg {self.nimg}: {self._describe()}")
 
     def _describe(self) -> str:
@@ -390,7 +390,7 @@ class Trainer:
         records = [
             telemetry.measure(n, self.probe, self.nimg, w) for n, w in ((self.net, "raw"), (ema_net, "ema"))
         ]
-        telemetry.append_jsonl(self.run_dir / "telemetry.jsonl", records)
+        files.append_jsonl(self.run_dir / "telemetry.jsonl", records)
 
     def _snapshot(self) -> None:
         paths = self.ema.save_snapshots(

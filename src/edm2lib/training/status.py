@@ -6,7 +6,6 @@ import json
 import resource
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,23 +44,8 @@ class RunLog:
     def truncate_stats(self, nimg: int) -> None:
         """Drop status records beyond `nimg` (written by a run that died after its last checkpoint), and a
         torn last line (a write cut off by a kill) with a warning."""
-        if self.enabled and self.stats.is_file():
-            kept = []
-            lines = self.stats.read_text().splitlines()
-            for i, line in enumerate(lines):
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    where = f"{self.stats}:{i + 1}"
-                    if i < len(lines) - 1:
-                        raise ValueError(f"{where}: not a JSON line (only the last may be torn)") from error
-                    warnings.warn(f"{where}: dropping a torn last line {line[:40]!r}", stacklevel=2)
-                    self(f"warning: {where}: dropped a torn last line")
-                    continue
-                if record["nimg"] <= nimg:
-                    kept.append(line)
-            with files.atomic_path(self.stats) as tmp:
-                tmp.write_text("".join(ln + "\n" for ln in kept))
+        if self.enabled:
+            files.truncate_jsonl(self.stats, nimg)
 
 
 def progress_bar(enabled: bool, total: int, initial: int) -> Any:
