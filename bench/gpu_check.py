@@ -24,7 +24,7 @@ from edm2lib.data.encoders import sd_vae_description
 from edm2lib.files import atomic_write_text
 from edm2lib.nn.networks import Precond
 from edm2lib.nn.presets import get_preset
-from edm2lib.sampling.heun import edm_sampler, seed_noise_and_labels
+from edm2lib.sampling.heun import edm_sampler, karras_sigmas, seed_noise_and_labels
 from edm2lib.training.loss import edm2_loss
 
 BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12}  # dense bf16 FLOP/s per GPU (vendor sheets)
@@ -132,7 +132,7 @@ def sample(net, gnet, seeds, steps, device) -> torch.Tensor:
         seeds, [net.img_channels, net.img_resolution, net.img_resolution], net.label_dim, device=device
     )
     guidance = 1.0 if gnet is None else 2.0
-    return edm_sampler(net, draw.noise, draw.labels, num_steps=steps, guidance=guidance, gnet=gnet)
+    return edm_sampler(net, draw.noise, draw.labels, karras_sigmas(steps), guidance=guidance, gnet=gnet)
 
 
 def sampler_bench(smoke: bool, device, batch: int, steps: int) -> tuple[list[dict], dict]:

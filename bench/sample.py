@@ -23,7 +23,7 @@ from edm2lib.files import save_network
 from edm2lib.nn.networks import Precond
 from edm2lib.nn.presets import get_preset
 from edm2lib.sampling.generate import generate
-from edm2lib.sampling.heun import count_nfe, edm_sampler, seed_noise_and_labels
+from edm2lib.sampling.heun import count_nfe, edm_sampler, karras_sigmas, seed_noise_and_labels
 
 
 def bench_preset(name: str, steps: int, batch: int, repeats: int) -> dict:
@@ -35,10 +35,9 @@ def bench_preset(name: str, steps: int, batch: int, repeats: int) -> dict:
     sigma = torch.full([batch], 1.0)
     with torch.no_grad():
         sec_eval = best_of(lambda: net(draw.noise, sigma, draw.labels), repeats)
-    nfe = count_nfe(steps)["total"]
-    sec_sample = best_of(
-        lambda: edm_sampler(net, draw.noise, draw.labels, num_steps=steps), max(repeats // 2, 1)
-    )
+    sigmas = karras_sigmas(steps)
+    nfe = count_nfe(sigmas)["total"]
+    sec_sample = best_of(lambda: edm_sampler(net, draw.noise, draw.labels, sigmas), max(repeats // 2, 1))
     row = {
         "preset": name,
         "params_M": sum(p.numel() for p in net.parameters()) / 1e6,
@@ -50,7 +49,7 @@ def bench_preset(name: str, steps: int, batch: int, repeats: int) -> dict:
         "sec_per_eval": sec_eval,
         "sampler_img_per_s": batch / sec_sample,
         "overhead": sec_sample / (nfe * sec_eval),
-        "img_per_s_at_32_steps": batch / (count_nfe(32)["total"] * sec_eval),
+        "img_per_s_at_32_steps": batch / (count_nfe(karras_sigmas(32))["total"] * sec_eval),
         "generate_img_per_s": None,
     }
     if preset.encoder == "pixels":  # the SD VAE decoder needs the hub weights: network space only for img512

@@ -13,7 +13,7 @@ from edm2lib.data.encoders import PixelCodec, sd_vae_description
 from edm2lib.files import save_network, sha256_file
 from edm2lib.nn.networks import Precond
 from edm2lib.sampling.generate import generate, rank_batches
-from edm2lib.sampling.heun import count_nfe, edm_sampler, seed_noise_and_labels
+from edm2lib.sampling.heun import count_nfe, edm_sampler, karras_sigmas, seed_noise_and_labels
 
 SEEDS = list(range(16))
 STEPS = 4
@@ -64,7 +64,9 @@ def test_hdf5_holds_decoded_samples_in_seed_order_with_provenance(net_file, tmp_
     data, attrs = _read(out)
 
     draw = seed_noise_and_labels(seeds, [3, RES, RES], 4)
-    expected = PixelCodec().decode(edm_sampler(_tiny_net(), draw.noise, draw.labels, num_steps=STEPS)).numpy()
+    expected = (
+        PixelCodec().decode(edm_sampler(_tiny_net(), draw.noise, draw.labels, karras_sigmas(STEPS))).numpy()
+    )
     assert data["images"].dtype == np.uint8 and data["images"].shape == (5, RES, RES, 3)
     assert np.abs(data["images"].astype(int) - expected).max() <= 1  # float rounding may flip one level
     assert data["seeds"].tolist() == seeds and data["labels"].tolist() == draw.classes.tolist()
@@ -140,7 +142,7 @@ def test_guided_generation_records_guide_and_interval_nfe(net_file, guide_file, 
     plain = tmp_path / "p.h5"
     generate(net_file, SEEDS[:4], plain, num_steps=8, batch_size=4, device="cpu")
     (d, a), (dp, _) = _read(out), _read(plain)
-    expected = count_nfe(**kw)
+    expected = count_nfe(karras_sigmas(8), kw["guidance"], kw["guidance_interval"])
     assert 0 < expected["guide"] < expected["main"] == 15
     assert (a["nfe_main"], a["nfe_guide"], a["nfe"]) == (15, expected["guide"], 15 + expected["guide"])
     assert a["guide_sha256"] == sha256_file(guide_file) and a["guidance"] == 1.8

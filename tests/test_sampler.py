@@ -10,8 +10,8 @@ from edm2lib.sampling.heun import (
     count_nfe,
     edm_sampler,
     evaluation_sigmas,
+    karras_sigmas,
     seed_noise_and_labels,
-    step_sigmas,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,13 +62,13 @@ def test_sampler_reproduces_official_4_step_heun_run(tiny_reference):
     draw = seed_noise_and_labels(ref["sample_seeds"], ref["sample_noise"].shape[1:], net.label_dim)
     assert torch.equal(draw.noise, ref["sample_noise"])
     assert torch.equal(draw.labels, ref["sample_labels"])
-    x = edm_sampler(net, draw.noise, draw.labels, num_steps=ref["sample_steps"])
+    x = edm_sampler(net, draw.noise, draw.labels, karras_sigmas(ref["sample_steps"]))
     rel = (x - ref["samples"]).norm() / ref["samples"].norm()
     assert rel <= 1e-5, f"relative error {rel:.2e}"
 
 
-def test_step_sigmas_follow_edm_rho_schedule():
-    t = step_sigmas(5, 0.002, 80, 7)
+def test_karras_sigmas_follow_edm_rho_schedule():
+    t = karras_sigmas(5, 0.002, 80, 7)
     assert t.dtype == torch.float64 and len(t) == 6
     assert t[0] == pytest.approx(80) and t[4] == pytest.approx(0.002) and t[5] == 0
     # EDM eq. 5: t^(1/rho) is linear in the step index
@@ -82,7 +82,7 @@ def test_heun_converges_to_closed_form_ode_solution_at_second_order():
     exact = noise * 80 * 0.5 / math.sqrt(0.5**2 + 80**2)
     errors = []
     for N in (16, 32, 64, 128):
-        x = edm_sampler(GaussianDenoiser(), noise, num_steps=N, dtype=torch.float64)
+        x = edm_sampler(GaussianDenoiser(), noise, sigmas=karras_sigmas(N), dtype=torch.float64)
         errors.append(float((x - exact).norm() / exact.norm()))
     assert errors[-1] < 1e-3
     ratios = [a / b for a, b in itertools.pairwise(errors)]
@@ -91,22 +91,34 @@ def test_heun_converges_to_closed_form_ode_solution_at_second_order():
 
 def test_deterministic_sampler_uses_2n_minus_1_evaluations_at_the_scheduled_sigmas():
     net = GaussianDenoiser()
-    edm_sampler(net, torch.randn([2, 2, 4, 4]), num_steps=5)
-    assert net.calls == 9 == count_nfe(5)["main"] == count_nfe(5)["total"]
-    t = step_sigmas(5).tolist()
+    edm_sampler(net, torch.randn([2, 2, 4, 4]), sigmas=karras_sigmas(5))
+    assert net.calls == 9 == count_nfe(karras_sigmas(5))["main"] == count_nfe(karras_sigmas(5))["total"]
+    t = karras_sigmas(5).tolist()
     assert net.sigmas == pytest.approx([t[0], t[1], t[1], t[2], t[2], t[3], t[3], t[4], t[4]], rel=1e-6)
-    assert count_nfe(32)["main"] == 63
+    assert count_nfe(karras_sigmas(32))["main"] == 63
+
+
+def test_any_decreasing_schedule_is_followed_and_counted():
+    sigmas = [10.0, 3.0, 0.5]  # ends above 0: every step, the last included, gets its Heun correction
+    net = GaussianDenoiser()
+    edm_sampler(net, torch.randn([1, 2, 4, 4]), sigmas=torch.tensor(sigmas))
+    assert net.sigmas == pytest.approx([10.0, 3.0, 3.0, 0.5], rel=1e-6) == evaluation_sigmas(sigmas)
+    assert net.calls == 4 == count_nfe(sigmas)["main"]
+    with pytest.raises(ValueError, match="at least 2 steps"):
+        karras_sigmas(1)
 
 
 def test_guidance_is_lerp_from_guide_output_to_main_output():
     noise = torch.randn([2, 2, 4, 4], generator=torch.Generator().manual_seed(1))
     main, guide = GaussianDenoiser(std=0.5), GaussianDenoiser(std=0.3)
-    x = edm_sampler(main, noise, num_steps=6, guidance=1.7, gnet=guide)
-    expected = edm_sampler(Blend(GaussianDenoiser(0.5), GaussianDenoiser(0.3), 1.7), noise, num_steps=6)
+    x = edm_sampler(main, noise, sigmas=karras_sigmas(6), guidance=1.7, gnet=guide)
+    expected = edm_sampler(
+        Blend(GaussianDenoiser(0.5), GaussianDenoiser(0.3), 1.7), noise, sigmas=karras_sigmas(6)
+    )
     torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-6)
     assert main.calls == guide.calls == 11
     unguided_guide = GaussianDenoiser(std=0.3)
-    edm_sampler(GaussianDenoiser(), noise, num_steps=6, guidance=1.0, gnet=unguided_guide)
+    edm_sampler(GaussianDenoiser(), noise, sigmas=karras_sigmas(6), guidance=1.0, gnet=unguided_guide)
     assert unguided_guide.calls == 0  # w = 1: D = D_main, the guide is never evaluated
 
 
@@ -125,48 +137,54 @@ class LabelRecorder(GaussianDenoiser):
 def test_conditional_guide_gets_the_same_labels_and_unconditional_guide_none():
     labels = torch.eye(3)[[2, 0]]
     main, auto_guide, cfg_guide = LabelRecorder(label_dim=3), LabelRecorder(label_dim=3), LabelRecorder()
-    edm_sampler(main, torch.randn([2, 2, 4, 4]), labels, num_steps=2, guidance=1.5, gnet=auto_guide)
+    edm_sampler(
+        main, torch.randn([2, 2, 4, 4]), labels, sigmas=karras_sigmas(2), guidance=1.5, gnet=auto_guide
+    )
     assert len(auto_guide.labels) == 3 and all(torch.equal(lab, labels) for lab in auto_guide.labels)
-    edm_sampler(main, torch.randn([2, 2, 4, 4]), labels, num_steps=2, guidance=1.5, gnet=cfg_guide)
+    edm_sampler(
+        main, torch.randn([2, 2, 4, 4]), labels, sigmas=karras_sigmas(2), guidance=1.5, gnet=cfg_guide
+    )
     assert cfg_guide.labels == [None] * 3  # CFG: the unconditional guide gets no labels
 
 
 def test_guidance_interval_skips_guide_outside_sigma_band_by_expected_count():
     steps, lo, hi = 8, 0.28, 5.42
-    t = step_sigmas(steps).tolist()
+    t = karras_sigmas(steps).tolist()
     # Euler evaluations at t_0..t_7, Heun corrections at t_1..t_7: t_i for 1 <= i <= 7 counts twice
     expected_guide = sum((2 if i >= 1 else 1) for i in range(steps) if lo < t[i] <= hi)
     main, guide = GaussianDenoiser(), GaussianDenoiser(std=0.3)
-    kw = dict(num_steps=steps, guidance=2.0, guidance_interval=(lo, hi))
+    kw = dict(sigmas=karras_sigmas(steps), guidance=2.0, guidance_interval=(lo, hi))
     edm_sampler(main, torch.randn([1, 2, 4, 4]), gnet=guide, **kw)
     assert main.calls == 15
     assert guide.calls == expected_guide == count_nfe(**kw)["guide"]
     assert 0 < expected_guide < 15  # the band really cuts evaluations on both sides
     assert all(lo < s <= hi for s in guide.sigmas)
-    assert count_nfe(steps, guidance=2.0)["guide"] == 15  # without an interval every evaluation is guided
+    assert (
+        count_nfe(karras_sigmas(steps), guidance=2.0)["guide"] == 15
+    )  # without an interval every evaluation is guided
 
 
 def test_guidance_outside_interval_equals_unguided_sampling():
     noise = torch.randn([2, 2, 4, 4], generator=torch.Generator().manual_seed(2))
     guide = GaussianDenoiser(std=0.3)
-    kw = dict(num_steps=6, guidance=3.0, guidance_interval=(100, 200))
+    kw = dict(sigmas=karras_sigmas(6), guidance=3.0, guidance_interval=(100, 200))
     x = edm_sampler(GaussianDenoiser(), noise, gnet=guide, **kw)
     assert guide.calls == 0
-    assert torch.equal(x, edm_sampler(GaussianDenoiser(), noise, num_steps=6))
+    assert torch.equal(x, edm_sampler(GaussianDenoiser(), noise, sigmas=karras_sigmas(6)))
 
 
 def test_churn_evaluates_at_raised_sigma_and_draws_noise_from_seed_generators():
-    kw = dict(num_steps=6, S_churn=2.0, S_min=0.05, S_max=50)
+    kw = dict(sigmas=karras_sigmas(6), S_churn=2.0, S_min=0.05, S_max=50)
     net = GaussianDenoiser()
     draw = seed_noise_and_labels([0, 1], [2, 4, 4], 0)
     x1 = edm_sampler(net, draw.noise, generators=draw.generators, **kw)
     assert net.sigmas == pytest.approx(evaluation_sigmas(**kw), rel=1e-6)
-    t = step_sigmas(6).tolist()
+    t = karras_sigmas(6).tolist()
     assert net.sigmas[0] == pytest.approx(t[0])  # 80 > S_max: no churn
     assert net.sigmas[2] == pytest.approx(t[1] * (1 + 2.0 / 6))  # gamma = S_churn / N < sqrt(2) - 1
     draw = seed_noise_and_labels([0, 1], [2, 4, 4], 0)
     assert torch.equal(x1, edm_sampler(GaussianDenoiser(), draw.noise, generators=draw.generators, **kw))
-    plain = edm_sampler(GaussianDenoiser(), draw.noise, num_steps=6)
+    plain = edm_sampler(GaussianDenoiser(), draw.noise, sigmas=karras_sigmas(6))
     assert not torch.allclose(x1, plain)
 
 
@@ -185,7 +203,7 @@ def test_seed_noise_and_labels_depend_only_on_the_seed():
 
 @pytest.mark.parametrize("batch", [1, 4, 16])
 def test_seeds_give_identical_samples_for_any_batch_size(batch):
-    seeds, kw = list(range(16)), dict(num_steps=4, S_churn=1.0, S_noise=1.003)
+    seeds, kw = list(range(16)), dict(sigmas=karras_sigmas(4), S_churn=1.0, S_noise=1.003)
     net = Nonlinear(label_dim=10)
     draw = seed_noise_and_labels(seeds, [2, 4, 4], 10)
     whole = edm_sampler(net, draw.noise, draw.labels, generators=draw.generators, **kw)
@@ -203,7 +221,8 @@ def test_seeds_give_identical_samples_for_any_batch_size(batch):
         (dict(guidance=1.5, gnet=GaussianDenoiser(resolution=8)), "same space"),
         (dict(guidance=1.5, gnet=GaussianDenoiser(channels=3)), "same space"),
         (dict(labels=torch.eye(2)), "unconditional"),
-        (dict(num_steps=1), "at least 2 steps"),
+        (dict(sigmas=[80.0, 1.0, 2.0, 0.0]), "strictly decreasing"),
+        (dict(sigmas=32), "sequence of noise levels"),
         (dict(guidance=2.0, gnet=GaussianDenoiser(), guidance_interval=(5.0, 1.0)), "guidance_interval"),
         (dict(noise=torch.randn([2, 3, 4, 4])), "noise shape"),
         (dict(generators=[torch.Generator()]), "generators"),

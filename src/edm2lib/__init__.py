@@ -24,7 +24,7 @@ _EXPORTS = {
         "profile_error",
     ],
     "edm2lib.phema.ema": ["PowerFunctionEMA"],
-    "edm2lib.sampling.heun": ["edm_sampler"],
+    "edm2lib.sampling.heun": ["edm_sampler", "karras_sigmas"],
     "edm2lib.metrics": ["frechet_distance", "load_detector"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

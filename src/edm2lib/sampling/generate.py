@@ -6,9 +6,9 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -17,14 +17,29 @@ from tqdm import tqdm
 from edm2lib import distributed
 from edm2lib.data.encoders import make_codec
 from edm2lib.files import atomic_path, load_network, sha256_file
-from edm2lib.sampling.heun import check_sampler_inputs, count_nfe, edm_sampler, seed_noise_and_labels
+from edm2lib.sampling.heun import (
+    check_sampler_inputs,
+    count_nfe,
+    edm_sampler,
+    karras_sigmas,
+    seed_noise_and_labels,
+)
 
 SAMPLES_FORMAT = "edm2lib.samples/1"  # attrs["format"] of every samples HDF5 file
 GRID_MAX = 64  # the PNG grid shows the first (in seed order) 64 images at most
 
-_NFE_KEYS = ("num_steps", "sigma_min", "sigma_max", "rho", "guidance", "guidance_interval")
-_NFE_KEYS += ("S_churn", "S_min", "S_max")  # the settings that decide how often each network runs
+SCHEDULE_KEYS = ("sigma_min", "sigma_max", "rho")  # generate()'s keywords for karras_sigmas
+_CHURN_KEYS = ("S_churn", "S_min", "S_max")  # with the schedule and guidance: how often each network runs
 OnBatch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+class SampleBatch(NamedTuple):
+    """One decoded batch: rows `index` of the seed list, their seeds, uint8 images and class labels."""
+
+    index: np.ndarray  # int64 [B]: positions in `seeds` (a contiguous range)
+    seeds: torch.Tensor  # int64 [B]
+    images: torch.Tensor  # uint8 [B,H,W,C] on the CPU
+    labels: torch.Tensor  # int64 [B]: class index, -1 when unconditional
 
 
 def rank_batches(num_seeds: int, batch_size: int, rank: int, world: int) -> list[np.ndarray]:
@@ -60,6 +75,39 @@ class _Rows:
 def _part_path(out_h5: Path, rank: int, world: int) -> Path:
     """Where `rank` writes its rows before rank 0 merges them (beside `out_h5`: a shared file system)."""
     return out_h5.with_name(f".{out_h5.name}.rank{rank}-of-{world}.part.h5")
+
+
+class _PartWriter:
+    """This rank's rows of the samples file, in `_part_path`; `ranges` records which rows it holds."""
+
+    def __init__(self, path: Path, num_rows: int):
+        self.rows = _Rows(path, num_rows)
+        self.ranges: list[tuple[int, int]] = []
+
+    def __call__(self, batch: SampleBatch) -> None:
+        self.rows.write(batch.index, batch.images.numpy(), batch.seeds.numpy(), batch.labels.numpy())
+        self.ranges.append((int(batch.index[0]), int(batch.index[-1]) + 1))
+
+    def finish(self) -> None:
+        ranges = np.array(self.ranges, np.int64).reshape(-1, 2)
+        self.rows.file.create_dataset("ranges", data=ranges)
+        self.rows.file.close()
+
+    def abort(self) -> None:
+        self.rows.file.close()
+        self.rows.path.unlink(missing_ok=True)
+
+
+class _GridCollector:
+    """Keeps the images of the first `size` seeds (by seed-list position) that pass through it."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.images: dict[int, np.ndarray] = {}
+
+    def __call__(self, batch: SampleBatch) -> None:
+        images = batch.images.numpy()
+        self.images.update({int(i): img for i, img in zip(batch.index, images) if i < self.size})
 
 
 def _write_grid(path: str | os.PathLike, images: np.ndarray) -> None:
@@ -147,6 +195,83 @@ def _sample_attrs(
     }
 
 
+def sample_batches(
+    net: torch.nn.Module,
+    codec: Any,
+    seeds: Sequence[int],
+    batches: Sequence[np.ndarray],
+    sigmas: torch.Tensor | Sequence[float],
+    *,
+    gnet: torch.nn.Module | None = None,
+    guidance: float = 1.0,
+    guidance_interval: Sequence[float] | None = None,
+    class_idx: int | None = None,
+    device: str | torch.device = "cpu",
+    **sampler_kwargs: Any,
+) -> Iterator[SampleBatch]:
+    """Sample and decode (with `codec`) the seeds at each chunk of positions in `batches`, one batch a chunk.
+
+    Each image's noise, class and churn noise come from its own seed (`seed_noise_and_labels`), so an image
+    does not depend on the chunking. `sampler_kwargs` (S_churn, S_min, S_max, S_noise, ...) go to
+    `edm_sampler`.
+    """
+    shape = [net.img_channels, net.img_resolution, net.img_resolution]
+    for index in batches:
+        batch_seeds = [seeds[i] for i in index]
+        draw = seed_noise_and_labels(batch_seeds, shape, net.label_dim, device, class_idx)
+        x = edm_sampler(
+            net, draw.noise, draw.labels, sigmas, guidance=guidance, gnet=gnet,
+            guidance_interval=guidance_interval, generators=draw.generators, **sampler_kwargs,
+        )  # fmt: skip
+        seeds_t = torch.tensor(batch_seeds, dtype=torch.int64)
+        yield SampleBatch(index, seeds_t, codec.decode(x).cpu(), draw.classes)
+
+
+def _check_request(seeds: list[int], out_h5: Any, grid_png: Any, on_batch: Any, batch_size: int) -> None:
+    if not seeds:
+        raise ValueError("no seeds given; pass e.g. seeds=range(50000)")
+    if out_h5 is None and grid_png is None and on_batch is None:
+        raise ValueError("nothing to do: pass out_h5, grid_png and/or on_batch")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be at least 1")
+
+
+def _sampler_settings(
+    num_steps: int, guidance: float, guidance_interval: Sequence[float] | None, sampler_kwargs: dict[str, Any]
+) -> tuple[torch.Tensor, dict[str, Any], dict[str, int], dict[str, Any]]:
+    """(sigmas, the settings a samples file records, NFE per image, the keywords left for `edm_sampler`)."""
+    rest = dict(sampler_kwargs)
+    schedule = {k: rest.pop(k) for k in SCHEDULE_KEYS if k in rest}
+    sigmas = karras_sigmas(num_steps, **schedule)
+    settings = {"num_steps": num_steps, "guidance": guidance, "guidance_interval": guidance_interval}
+    settings.update(schedule, **rest)
+    churn = {k: v for k, v in rest.items() if k in _CHURN_KEYS}
+    return sigmas, settings, count_nfe(sigmas, guidance, guidance_interval, **churn), rest
+
+
+def _consume(stream: Iterator[SampleBatch], writers: list[Callable], total: int, show: bool) -> float:
+    """Hand every batch to each writer in turn; returns the seconds it took (sampling included)."""
+    bar = tqdm(total=total, unit="img", disable=not show)
+    start = time.perf_counter()
+    try:
+        for batch in stream:
+            for write in writers:
+                write(batch)
+            bar.update(len(batch.index))
+    finally:
+        bar.close()
+    return time.perf_counter() - start
+
+
+def _gather(grid: dict[int, np.ndarray], seconds: float, world: int) -> tuple[dict[int, np.ndarray], float]:
+    """All ranks' grid images and the slowest rank's seconds (a collective: every part is closed after)."""
+    if world == 1:
+        return grid, seconds
+    gathered: list[Any] = [None] * world
+    torch.distributed.all_gather_object(gathered, (grid, seconds))
+    return {k: v for g, _ in gathered for k, v in g.items()}, max(s for _, s in gathered)
+
+
 def generate(
     net_path: str | os.PathLike,
     seeds: Sequence[int],
@@ -170,79 +295,49 @@ def generate(
     in the order of `seeds`, attrs with the network files, their sha256 and the sampler settings), `grid_png`
     (the first 64 images) and `on_batch(images_uint8 [B,H,W,3], seeds [B], labels [B])`, called on every rank
     with that rank's batches. Seeds are split across torch.distributed ranks (if initialised); rank 0 writes
-    the files. `sampler_kwargs` (sigma_min, sigma_max, rho, S_churn, ...) go to `edm_sampler`.
+    the files. The schedule is `karras_sigmas(num_steps, sigma_min, sigma_max, rho)` (those three may be
+    given in `sampler_kwargs`); the other `sampler_kwargs` (S_churn, ...) go to `edm_sampler`.
     Returns a summary (images, seconds, images/s, NFE, settings).
     """
     seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("no seeds given; pass e.g. seeds=range(50000)")
-    if out_h5 is None and grid_png is None and on_batch is None:
-        raise ValueError("nothing to do: pass out_h5, grid_png and/or on_batch")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be at least 1")
+    _check_request(seeds, out_h5, grid_png, on_batch, batch_size)
     rank, world = distributed.rank_world()
     device = distributed.resolve_device(device)
-
     net, gnet, meta = _load_networks(net_path, gnet_path, device)
     if class_idx is not None and net.label_dim == 0:
         raise ValueError(f"class_idx={class_idx} given but {net_path} is unconditional (label_dim 0)")
+    sigmas, settings, nfe, sampler_kwargs = _sampler_settings(
+        num_steps, guidance, guidance_interval, sampler_kwargs
+    )
     shape = [net.img_channels, net.img_resolution, net.img_resolution]
-    check_sampler_inputs(net, torch.zeros([1, *shape]), None, num_steps, guidance, gnet, guidance_interval)
+    check_sampler_inputs(net, torch.zeros([1, *shape]), None, sigmas, guidance, gnet, guidance_interval)
     codec = make_codec(meta["encoder"], device, vae)
-    settings = {"num_steps": num_steps, "guidance": guidance, "guidance_interval": guidance_interval}
-    settings.update(sampler_kwargs)
-    nfe = count_nfe(**{k: v for k, v in settings.items() if k in _NFE_KEYS})
 
     batches = rank_batches(len(seeds), batch_size, rank, world)
-    grid_n = min(len(seeds), GRID_MAX) if grid_png is not None else 0
-    grid: dict[int, np.ndarray] = {}
-    part = None
-    if out_h5 is not None:
-        out_h5 = Path(out_h5)
-        part = _Rows(_part_path(out_h5, rank, world), len(seeds))
-    bar = tqdm(total=sum(len(b) for b in batches), unit="img", disable=rank != 0 or not progress)
-    start = time.perf_counter()
-    ranges = []
+    stream = sample_batches(
+        net, codec, seeds, batches, sigmas, gnet=gnet, guidance=guidance,
+        guidance_interval=guidance_interval, class_idx=class_idx, device=device, **sampler_kwargs,
+    )  # fmt: skip
+    grid = _GridCollector(min(len(seeds), GRID_MAX) if grid_png is not None else 0)
+    part = None if out_h5 is None else _PartWriter(_part_path(Path(out_h5), rank, world), len(seeds))
+    streamed = None if on_batch is None else lambda b: on_batch(b.images, b.seeds, b.labels)
+    writers = [w for w in (streamed, part, grid) if w is not None]
     try:
-        for index in batches:
-            batch_seeds = [seeds[i] for i in index]
-            draw = seed_noise_and_labels(batch_seeds, shape, net.label_dim, device, class_idx)
-            x = edm_sampler(
-                net, draw.noise, draw.labels, num_steps, guidance=guidance, gnet=gnet,
-                guidance_interval=guidance_interval, generators=draw.generators, **sampler_kwargs,
-            )  # fmt: skip
-            images = codec.decode(x).cpu()
-            seeds_t = torch.tensor(batch_seeds, dtype=torch.int64)
-            if on_batch is not None:
-                on_batch(images, seeds_t, draw.classes)
-            if part is not None:
-                part.write(index, images.numpy(), seeds_t.numpy(), draw.classes.numpy())
-                ranges.append((int(index[0]), int(index[-1]) + 1))
-            grid.update({int(i): img for i, img in zip(index, images.numpy()) if i < grid_n})
-            bar.update(len(index))
+        seconds = _consume(stream, writers, sum(len(b) for b in batches), progress and rank == 0)
         if part is not None:
-            part.file.create_dataset("ranges", data=np.array(ranges, np.int64).reshape(-1, 2))
+            part.finish()
     except BaseException:
         if part is not None:
-            part.file.close()
-            part.path.unlink(missing_ok=True)
+            part.abort()
         raise
-    finally:
-        bar.close()
-    if part is not None:
-        part.file.close()
-    seconds = time.perf_counter() - start
 
-    if world > 1:  # a collective: on return every rank has closed its part file
-        gathered: list[Any] = [None] * world
-        torch.distributed.all_gather_object(gathered, (grid, seconds))
-        grid = {k: v for g, _ in gathered for k, v in g.items()}
-        seconds = max(s for _, s in gathered)
+    grid_images, seconds = _gather(grid.images, seconds, world)
     if rank == 0 and out_h5 is not None:
         attrs = _sample_attrs(net_path, gnet_path, meta, settings, nfe, class_idx)
-        _merge_parts(out_h5, [_part_path(out_h5, r, world) for r in range(world)], len(seeds), attrs)
+        parts = [_part_path(Path(out_h5), r, world) for r in range(world)]
+        _merge_parts(Path(out_h5), parts, len(seeds), attrs)
     if rank == 0 and grid_png is not None:
-        _write_grid(grid_png, np.stack([grid[i] for i in range(grid_n)]))
+        _write_grid(grid_png, np.stack([grid_images[i] for i in range(grid.size)]))
     if world > 1:
         torch.distributed.barrier()  # the outputs exist when any rank returns
     return {

@@ -46,18 +46,38 @@ def seed_noise_and_labels(
     return SeedDraw(noise.to(device), labels, classes, gens)
 
 
-def step_sigmas(
+def karras_sigmas(
     num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
 ) -> torch.Tensor:
-    """Noise levels t_0 > ... > t_{N-1} = sigma_min, then t_N = 0, in float64 (EDM Eq. 5)."""
+    """The EDM noise schedule t_0 = sigma_max > ... > t_{N-1} = sigma_min, t_N = 0: N + 1 float64 values.
+
+    Karras et al. 2022 ("Elucidating the Design Space of Diffusion-Based Generative Models") Eq. 5, the
+    schedule of EDM2's sampler. Pass it as `sigmas` to `edm_sampler`, `count_nfe` and `evaluation_sigmas`.
+    """
     if num_steps < 2:
         raise ValueError(f"num_steps={num_steps}: the EDM schedule needs at least 2 steps")
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     i = torch.arange(num_steps, dtype=torch.float64)
     a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
-    t = (a + i / (num_steps - 1) * (b - a)) ** rho  # EDM eq. 5
+    t = (a + i / (num_steps - 1) * (b - a)) ** rho  # EDM Eq. 5
     return torch.cat([t, torch.zeros(1, dtype=torch.float64)])
+
+
+def sigma_list(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
+    """`sigmas` as Python floats after checking it is a schedule: t_0 > ... > t_N >= 0, at least one step."""
+    if isinstance(sigmas, int | float):
+        raise ValueError(f"sigmas={sigmas!r}: expected a sequence of noise levels, e.g. karras_sigmas(32)")
+    t = torch.as_tensor(sigmas, dtype=torch.float64)
+    if t.ndim != 1 or len(t) < 2:
+        raise ValueError(
+            f"sigmas of shape {tuple(t.shape)}: expected N + 1 >= 2 noise levels, e.g. karras_sigmas(32)"
+        )
+    if not (torch.isfinite(t).all() and (t[-1] >= 0).item() and (torch.diff(t) < 0).all()):
+        raise ValueError(
+            f"sigmas={t.tolist()}: expected finite, strictly decreasing noise levels ending at >= 0"
+        )
+    return t.tolist()
 
 
 def _churn_sigma(t: float, num_steps: int, S_churn: float, S_min: float, S_max: float) -> float:
@@ -75,29 +95,24 @@ def _guided_at(sigma: float, guidance: float, interval: tuple[float, float] | No
 
 
 def evaluation_sigmas(
-    num_steps: int,
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
-    rho: float = 7.0,
+    sigmas: torch.Tensor | Sequence[float],
     S_churn: float = 0,
     S_min: float = 0,
     S_max: float = float("inf"),
 ) -> list[float]:
-    """The noise levels at which the sampler evaluates the denoiser, in order (2N - 1 of them)."""
-    t = step_sigmas(num_steps, sigma_min, sigma_max, rho).tolist()
+    """The noise levels at which the sampler evaluates the denoiser, in order (2N - 1 when t_N = 0)."""
+    t = sigma_list(sigmas)
+    num_steps = len(t) - 1
     out = []
     for i in range(num_steps):
         out.append(_churn_sigma(t[i], num_steps, S_churn, S_min, S_max))  # Euler step at t_hat
-        if i < num_steps - 1:
+        if t[i + 1] != 0:
             out.append(t[i + 1])  # Heun correction at t_{i+1}
     return out
 
 
 def count_nfe(
-    num_steps: int,
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
-    rho: float = 7.0,
+    sigmas: torch.Tensor | Sequence[float],
     guidance: float = 1.0,
     guidance_interval: tuple[float, float] | None = None,
     S_churn: float = 0,
@@ -105,10 +120,10 @@ def count_nfe(
     S_max: float = float("inf"),
 ) -> dict[str, int]:
     """Network evaluations per image: `main` (2N - 1), `guide` (those inside the interval) and `total`."""
-    sigmas = evaluation_sigmas(num_steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max)
+    evaluated = evaluation_sigmas(sigmas, S_churn, S_min, S_max)
     interval = _check_interval(guidance_interval)
-    guide = sum(_guided_at(s, guidance, interval) for s in sigmas)
-    return {"main": len(sigmas), "guide": guide, "total": len(sigmas) + guide}
+    guide = sum(_guided_at(s, guidance, interval) for s in evaluated)
+    return {"main": len(evaluated), "guide": guide, "total": len(evaluated) + guide}
 
 
 def _check_interval(interval: Sequence[float] | None) -> tuple[float, float] | None:
@@ -123,14 +138,13 @@ def check_sampler_inputs(
     net: torch.nn.Module,
     noise: torch.Tensor,
     labels: torch.Tensor | None,
-    num_steps: int,
+    sigmas: torch.Tensor | Sequence[float],
     guidance: float,
     gnet: torch.nn.Module | None,
     guidance_interval: Sequence[float] | None,
 ) -> tuple[float, float] | None:
     """Raise ValueError for inputs the sampler cannot honour; returns the validated interval."""
-    if num_steps < 2:
-        raise ValueError(f"num_steps={num_steps}: the sampler needs at least 2 steps")
+    sigma_list(sigmas)
     C, R = net.img_channels, net.img_resolution
     if noise.ndim != 4 or tuple(noise.shape[1:]) != (C, R, R):
         raise ValueError(f"noise shape {tuple(noise.shape)}: the network expects [B,{C},{R},{R}]")
@@ -156,10 +170,8 @@ def edm_sampler(
     net: torch.nn.Module,
     noise: torch.Tensor,
     labels: torch.Tensor | None = None,
-    num_steps: int = 32,
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
-    rho: float = 7.0,
+    sigmas: torch.Tensor | Sequence[float] | None = None,
+    *,
     guidance: float = 1.0,
     gnet: torch.nn.Module | None = None,
     guidance_interval: Sequence[float] | None = None,
@@ -171,15 +183,18 @@ def edm_sampler(
     dtype: torch.dtype = torch.float32,
     callback: Callable[[int, float, float, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Solve the probability-flow ODE from x_0 = noise * sigma_max with Heun's method (EDM Alg. 2).
+    """Solve the probability-flow ODE from x_0 = noise * t_0 down the schedule `sigmas` with Heun's method.
 
+    EDM Alg. 2 in k-diffusion's shape: `sigmas` = t_0 > ... > t_N (default `karras_sigmas(32)`, EDM2's
+    32-step schedule); a step to t_{i+1} = 0 is a plain Euler step.
     `noise` is unit Gaussian [B,C,H,W]; `labels` one-hot [B,label_dim] go to both nets. With a guide `gnet`,
     D = D_g + w (D_main - D_g) (EDM2 sec. 5 / autoguidance), applied only where sigma is in
     `guidance_interval` = (sigma_lo, sigma_hi] (arXiv 2404.07724); elsewhere D = D_main and the guide is not
     evaluated. Churn noise comes from `generators` (one per image, e.g. `SeedDraw.generators`; default: the
     global RNG). `callback(i, t_cur, t_next, x_next)` runs after every step. Returns x in `dtype`.
     """
-    interval = check_sampler_inputs(net, noise, labels, num_steps, guidance, gnet, guidance_interval)
+    t = sigma_list(karras_sigmas(32) if sigmas is None else sigmas)
+    interval = check_sampler_inputs(net, noise, labels, t, guidance, gnet, guidance_interval)
     if generators is not None and len(generators) != noise.shape[0]:
         raise ValueError(f"{len(generators)} generators for a batch of {noise.shape[0]}; pass one per image")
     glabels = labels if gnet is not None and gnet.label_dim > 0 else None
@@ -198,7 +213,7 @@ def edm_sampler(
         eps = torch.stack([torch.randn(like.shape[1:], generator=g) for g in generators])
         return eps.to(device=like.device, dtype=like.dtype)
 
-    t = step_sigmas(num_steps, sigma_min, sigma_max, rho).tolist()
+    num_steps = len(t) - 1
     x_next = noise.to(dtype) * t[0]  # EDM Alg. 2 line 1: x_0 = noise * t_0
     for i in range(num_steps):
         t_cur, t_next, x_cur = t[i], t[i + 1], x_next
@@ -208,7 +223,7 @@ def edm_sampler(
             x_hat = x_cur + math.sqrt(t_hat**2 - t_cur**2) * S_noise * churn_noise(x_cur)
         d_cur = (x_hat - denoise(x_hat, t_hat)) / t_hat  # EDM Alg. 2 line 7
         x_next = x_hat + (t_next - t_hat) * d_cur  # Euler step, line 8
-        if i < num_steps - 1:  # Heun correction, lines 9-11 (none on the step to t_N = 0)
+        if t_next != 0:  # Heun correction, EDM Alg. 2 lines 9-11 (none on a step to sigma 0)
             d_prime = (x_next - denoise(x_next, t_next)) / t_next
             x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
         if callback is not None:
