@@ -14,7 +14,7 @@ from PIL import Image
 
 from edm2lib.data import open_dataset, prepare_dataset
 from edm2lib.data.fashion_mnist import DEBIAN_DIR, FILES, load_fashion_mnist
-from edm2lib.data.transforms import center_crop_dhariwal, convert
+from edm2lib.data.transforms import center_crop_dhariwal, transform_image
 
 RNG = np.random.default_rng(0)
 
@@ -117,7 +117,7 @@ def test_killed_prepare_leaves_no_file_under_the_final_name(tmp_path, monkeypatc
     import edm2lib.data.prepare as prepare_mod
 
     src = _class_folder(tmp_path / "src", per_class=40)
-    real, calls = prepare_mod.convert, {"n": 0}
+    real, calls = prepare_mod.transform_image, {"n": 0}
 
     def dies_midway(*args):
         calls["n"] += 1
@@ -125,7 +125,7 @@ def test_killed_prepare_leaves_no_file_under_the_final_name(tmp_path, monkeypatc
             raise KeyboardInterrupt("killed")
         return real(*args)
 
-    monkeypatch.setattr(prepare_mod, "convert", dies_midway)
+    monkeypatch.setattr(prepare_mod, "transform_image", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         prepare_dataset(src, tmp_path / "out.h5", 8, workers=1, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
@@ -256,10 +256,10 @@ def test_center_crop_dhariwal_box_halves_then_bicubic_then_crops_the_centre():
 
 def test_pad_keeps_pixels_exact_and_center_crop_and_resize_give_the_target_size():
     grey = RNG.integers(0, 256, (28, 28), dtype=np.uint8)
-    out = convert(grey, 32, "pad")
+    out = transform_image(grey, 32, "pad")
     assert (out[2:30, 2:30] == grey[:, :, None]).all() and out[:2].max() == 0
     for t in ("center-crop", "resize"):
-        assert convert(_jpeg((5, 5, 5), size=(50, 30)), 12, t).shape == (12, 12, 3)
+        assert transform_image(_jpeg((5, 5, 5), size=(50, 30)), 12, t).shape == (12, 12, 3)
 
 
 def test_max_images_keeps_the_first_names_in_sorted_order(tmp_path):

@@ -9,6 +9,7 @@ import sys
 import time
 import zipfile
 import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from edm2lib.data.dataset import IMAGES_FORMAT
 from edm2lib.data.sources import Source, open_source
-from edm2lib.data.transforms import check_transform, convert
+from edm2lib.data.transforms import check_transform, transform_image
 from edm2lib.files import atomic_path, atomic_write_text
 
 TASK = 16  # images per worker task: amortises inter-process overhead
@@ -35,7 +36,7 @@ def _convert_many(
             out.append((None, p))
             continue
         try:
-            out.append((convert(p, resolution, transform), ""))
+            out.append((transform_image(p, resolution, transform), ""))
         except ValueError as e:
             out.append((None, str(e)))
     return out
@@ -77,6 +78,111 @@ def _results(source: Source, resolution: int, transform: str, workers: int):
                 pending.append((nxt, pool.apply_async(_convert_many, (payloads(nxt), resolution, transform))))
 
 
+def _checked_source(
+    source: str | os.PathLike,
+    labels: str | os.PathLike | None,
+    resolution: int,
+    transform: str,
+    on_error: str,
+    max_images: int | None,
+) -> Source:
+    """Check the arguments and open the source, cut to its first `max_images` names (sorted order)."""
+    if on_error not in ("skip", "fail"):
+        raise ValueError(f"on_error={on_error!r}; expected 'skip' or 'fail'")
+    if resolution < 1:
+        raise ValueError(f"resolution={resolution}; expected a positive integer")
+    if max_images is not None and max_images < 0:
+        raise ValueError(f"max_images={max_images}; expected None or a count >= 0")
+    check_transform(transform)
+    src = open_source(source, labels)
+    if on_error == "fail" and src.problems:
+        name, reason = src.problems[0]
+        raise ValueError(f"{src.description}: {name}: {reason}")
+    if max_images is not None:
+        src.names = src.names[:max_images]
+    return src
+
+
+def _worker_count(workers: int | None, src: Source) -> int:
+    if src.arrays is not None:
+        return 1  # in-memory arrays (Fashion-MNIST): shipping them to workers costs more than converting
+    return min(8, os.cpu_count() or 1) if workers is None else workers
+
+
+def _converted(
+    src: Source, results: Iterable[tuple[int, np.ndarray | None, str]], on_error: str, skipped: list
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, image) of the images that converted; the others raise (on_error 'fail') or go to `skipped`."""
+    for i, img, reason in results:
+        if img is None:
+            if on_error == "fail":
+                raise ValueError(f"{src.description}: {src.names[i]}: {reason}")
+            skipped.append((src.names[i], reason))
+            continue
+        yield i, img
+
+
+def _create_images(f: h5py.File, n: int, resolution: int, compression: str | None) -> h5py.Dataset:
+    """The `images` dataset, sized for all `n` names (shrunk to the kept ones at the end), one chunk a row."""
+    shape = (resolution, resolution, 3)
+    return f.create_dataset(
+        "images",
+        shape=(n, *shape),
+        maxshape=(None, *shape),
+        chunks=(1, *shape),
+        dtype=np.uint8,
+        compression=compression,
+        track_times=False,
+    )
+
+
+def _write_rows(images: h5py.Dataset, converted: Iterable[tuple[int, np.ndarray]]) -> list[int]:
+    """Write the images in order, WRITE_ROWS per HDF5 write; returns the source indices written."""
+    kept: list[int] = []
+    block: list[np.ndarray] = []
+    for i, img in converted:
+        kept.append(i)
+        block.append(img)
+        if len(block) == WRITE_ROWS:
+            images[len(kept) - len(block) : len(kept)] = np.stack(block)
+            block = []
+    if block:
+        images[len(kept) - len(block) : len(kept)] = np.stack(block)
+    return kept
+
+
+def _write_report(report: Path, problems: list[tuple[str, str]]) -> None:
+    """`<out_h5>.skipped.tsv`: one `name<TAB>reason` line per file left out."""
+    atomic_write_text(report, "name\treason\n" + "".join(f"{a}\t{b}\n" for a, b in problems))
+
+
+def _finish_file(
+    f: h5py.File, src: Source, kept: list[int], transform: str, resolution: int, skipped: int
+) -> None:
+    """Labels of the kept images, class names and the attributes, after the images are written."""
+    if src.class_ids is not None:
+        kept_labels = np.asarray([src.class_ids[i] for i in kept], dtype=np.int64)
+        f.create_dataset("labels", data=kept_labels, track_times=False)
+    f.create_dataset(
+        "class_names",
+        data=np.asarray(src.class_names, dtype=object),
+        dtype=h5py.string_dtype(),
+        track_times=False,
+    )
+    meta = {
+        "format": IMAGES_FORMAT,
+        "encoder": '{"kind": "pixels"}',
+        "source": src.description,
+        "transform": transform,
+        "resolution": resolution,
+        "count": len(kept),
+        "skipped": skipped,
+        "label_dim": len(src.class_names) if src.class_ids is not None else 0,
+    }
+    for k in sorted(meta):
+        f.attrs[k] = meta[k]
+
+
 def prepare_dataset(
     source: str | os.PathLike,
     out_h5: str | os.PathLike,
@@ -97,85 +203,29 @@ def prepare_dataset(
     N names in sorted order. `compression` ("gzip", "lzf" or None) trades size for read speed. The same
     input gives a byte-identical file. Returns a summary dict (count, skipped, report, images_per_s, ...).
     """
-    if on_error not in ("skip", "fail"):
-        raise ValueError(f"on_error={on_error!r}; expected 'skip' or 'fail'")
-    if resolution < 1:
-        raise ValueError(f"resolution={resolution}; expected a positive integer")
-    check_transform(transform)
+    src = _checked_source(source, labels, resolution, transform, on_error, max_images)
     out_h5 = Path(out_h5)
     report = out_h5.with_name(out_h5.name + ".skipped.tsv")
-    src = open_source(source, labels)
-    if on_error == "fail" and src.problems:
-        name, reason = src.problems[0]
-        raise ValueError(f"{src.description}: {name}: {reason}")
-    n = len(src.names) if max_images is None else min(max_images, len(src.names))
-    src.names = src.names[:n]
-    workers = min(8, os.cpu_count() or 1) if workers is None else workers
-    if src.arrays is not None:
-        workers = 1  # in-memory arrays (Fashion-MNIST): shipping them to workers costs more than converting
+    n = len(src.names)
+    results = _results(src, resolution, transform, _worker_count(workers, src))
     t0 = time.perf_counter()
     skipped: list[tuple[str, str]] = []
-    kept_labels: list[int] = []
     with atomic_path(out_h5) as tmp, h5py.File(tmp, "w", libver="earliest") as f:
-        images = f.create_dataset(
-            "images",
-            shape=(n, resolution, resolution, 3),
-            maxshape=(None, resolution, resolution, 3),
-            chunks=(1, resolution, resolution, 3),
-            dtype=np.uint8,
-            compression=compression,
-            track_times=False,
-        )
-        count = 0
-        block: list[np.ndarray] = []
-        bar = tqdm(total=n, desc=f"prepare {out_h5.name}", unit="img", disable=not progress, mininterval=1)
-        for i, img, reason in _results(src, resolution, transform, workers):
-            bar.update(1)
-            if img is None:
-                if on_error == "fail":
-                    raise ValueError(f"{src.description}: {src.names[i]}: {reason}")
-                skipped.append((src.names[i], reason))
-                continue
-            block.append(img)
-            if src.class_ids is not None:
-                kept_labels.append(src.class_ids[i])
-            if len(block) == WRITE_ROWS:
-                images[count : count + len(block)] = np.stack(block)
-                count, block = count + len(block), []
-        if block:
-            images[count : count + len(block)] = np.stack(block)
-            count += len(block)
-        bar.close()
+        images = _create_images(f, n, resolution, compression)
+        desc = f"prepare {out_h5.name}"
+        with tqdm(results, total=n, desc=desc, unit="img", disable=not progress, mininterval=1) as bar:
+            kept = _write_rows(images, _converted(src, bar, on_error, skipped))
         src.close()
         problems = sorted(set(src.problems) | set(skipped))  # one line per file: the `skipped` count
-        atomic_write_text(report, "name\treason\n" + "".join(f"{a}\t{b}\n" for a, b in problems))
-        if count == 0:
+        _write_report(report, problems)
+        if not kept:
             raise ValueError(f"{src.description}: no image could be converted; reasons in {report}")
-        images.resize(count, axis=0)
-        if src.class_ids is not None:
-            f.create_dataset("labels", data=np.asarray(kept_labels, dtype=np.int64), track_times=False)
-        f.create_dataset(
-            "class_names",
-            data=np.asarray(src.class_names, dtype=object),
-            dtype=h5py.string_dtype(),
-            track_times=False,
-        )
-        meta = {
-            "format": IMAGES_FORMAT,
-            "encoder": '{"kind": "pixels"}',
-            "source": src.description,
-            "transform": transform,
-            "resolution": resolution,
-            "count": count,
-            "skipped": len(problems),
-            "label_dim": len(src.class_names) if src.class_ids is not None else 0,
-        }
-        for k in sorted(meta):
-            f.attrs[k] = meta[k]
+        images.resize(len(kept), axis=0)
+        _finish_file(f, src, kept, transform, resolution, len(problems))
     seconds = time.perf_counter() - t0
     return {
         "path": str(out_h5),
-        "count": count,
+        "count": len(kept),
         "skipped": len(problems),
         "report": str(report),
         "class_names": src.class_names,

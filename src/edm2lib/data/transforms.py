@@ -115,7 +115,7 @@ def check_transform(name: str) -> None:
         raise ValueError(f"transform {name!r} is unknown; choose one of {', '.join(TRANSFORMS)}")
 
 
-def convert(payload: bytes | np.ndarray, resolution: int, transform: str) -> np.ndarray:
+def transform_image(payload: bytes | np.ndarray, resolution: int, transform: str) -> np.ndarray:
     """Encoded image (or array) -> uint8 [resolution, resolution, 3]; ValueError says why not."""
     check_transform(transform)
     arr = to_rgb(decode_image(payload))
