@@ -12,7 +12,7 @@ from PIL import Image
 from edm2lib.data.encoders import PixelCodec, sd_vae_description
 from edm2lib.files import save_network, sha256_file
 from edm2lib.nn.networks import Precond
-from edm2lib.sampling.generate import generate, rank_batches
+from edm2lib.sampling.generate import generate, rank_batches, sample_batches
 from edm2lib.sampling.heun import count_nfe, edm_sampler, karras_sigmas, seed_noise_and_labels
 
 SEEDS = list(range(16))
@@ -102,6 +102,17 @@ def test_seeds_give_the_same_images_for_batch_sizes_1_4_16(net_file):
         # Batched CPU kernels may round differently per batch size (~1e-5 in x): at most one uint8 level.
         diff = (images.int() - images1.int()).abs()
         assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01
+
+
+def test_sample_batches_samples_loaded_networks_chunk_by_chunk():
+    seeds, sigmas = [9, 2, 4, 7, 1], karras_sigmas(STEPS)
+    chunks = [np.arange(0, 3), np.arange(3, 5)]
+    got = list(sample_batches(_tiny_net(), PixelCodec(), seeds, chunks, sigmas, class_idx=2))
+    assert [b.index.tolist() for b in got] == [[0, 1, 2], [3, 4]]
+    assert torch.cat([b.seeds for b in got]).tolist() == seeds and all((b.labels == 2).all() for b in got)
+    draw = seed_noise_and_labels(seeds[3:], [3, RES, RES], 4, class_idx=2)
+    x = edm_sampler(_tiny_net(), draw.noise, draw.labels, sigmas, generators=draw.generators)
+    assert torch.equal(got[1].images, PixelCodec().decode(x))
 
 
 def _rank_worker(rank, world, init_file, net_file, out):
