@@ -11,6 +11,7 @@ POINTS = pipeline.points(config)
 BLOCKS = range(config["sampling"]["seed_blocks"])
 SEEDS = {b: pipeline.seed_range(config, b) for b in BLOCKS}
 GUIDE = {p: pipeline.guide_target(config, p) for p in POINTS}  # per point, computed once (DAG speed)
+GUIDANCE = {g: pipeline.guidance_params(config, g) for g in config["guidance"]}  # the sample params
 TRAINING_DATA = f"{DATA}/latents.h5" if config["data"]["encoder"] == "sd-vae" else f"{DATA}/images.h5"
 TRAINED = [run for run in config["runs"] if run not in pipeline.official_runs(config)]  # released runs: none
 IDENTITY = {run: training_identity(config["runs"][run], TRAINING_DATA, f"runs/{run}") for run in TRAINED}
@@ -112,8 +113,10 @@ def _list_only_real_params_changes():
     """`snakemake --list-changes params` on Snakemake 9.27 lists the last output of every job, changed or
     not: a `ParamsChange` without a change still iterates the files it was checked for. Make such a change
     iterate nothing (a no-op on a Snakemake that already does so); the rerun decisions never iterate it."""
-    from snakemake.persistence import ParamsChange
-
+    try:
+        from snakemake.persistence import ParamsChange
+    except ImportError:  # another Snakemake: nothing to correct
+        return
     if list(ParamsChange(files={"unchanged"})):
         ParamsChange.__iter__ = lambda self: iter(self.files if self else ())
 

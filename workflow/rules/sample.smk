@@ -21,7 +21,7 @@ rule sample:
     params:
         net=lambda wildcards: phema_file(wildcards.run, int(wildcards.nimg), float(wildcards.sigma_rel)),
         guide=guide_file,
-        guidance=lambda wildcards: pipeline.guidance_params(config, wildcards.guidance),
+        guidance=lambda wildcards: GUIDANCE[wildcards.guidance],
         seeds=lambda wildcards: SEEDS[int(wildcards.block)],
         num_steps=config["sampling"]["num_steps"],
     threads: 2
