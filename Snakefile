@@ -30,6 +30,7 @@ include: "workflow/rules/official.smk"
 
 onstart:
     write_effective_config(config, "results/config.effective.yaml")
+    request_fresh_training(workflow.dag)  # a forced stale run trains afresh (workflow/rules/train.smk)
 
 
 rule all:

@@ -167,3 +167,74 @@ def test_snakemake_lint_is_clean():
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _stale_run(tmp_path: Path) -> tuple[dict, Path, Path]:
+    """A trained tiny run and its training.yaml edited to another identity (lr_ref)."""
+    cfg = tiny_config(tmp_path, duration=16, snapshot_nimg=8)
+    train(cfg)
+    run = Path(cfg["run_dir"])
+    config_yaml = run / "training.yaml"
+    config_yaml.write_text(yaml.safe_dump({**cfg, "lr_ref": 0.02}))
+    return cfg, run, config_yaml
+
+
+def test_stale_run_stops_before_the_ranks_start_naming_the_keys_and_the_forcerun_way_out(
+    tmp_path, monkeypatch, one_thread
+):
+    cfg, run, config_yaml = _stale_run(tmp_path)
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a))
+    new = TrainConfig.load(config_yaml).identity_hash()
+    old = TrainConfig.from_dict(cfg).identity_hash()
+    with pytest.raises(ValueError) as err:
+        steps.train(str(config_yaml), "runs/tiny/trained.json", new, attempt=1)
+    message = str(err.value)
+    assert calls == [] and "\n" not in message and "lr_ref: 0.01 -> 0.02" in message
+    assert "--forcerun runs/tiny/trained.json" in message and f"stale-{old}" in message
+    assert json.loads((run / steps.FAILED).read_text())["error"] == message
+    steps.request_fresh(run, "another-config")  # a request for another config is no consent
+    with pytest.raises(ValueError, match="another identity"):
+        steps.train(str(config_yaml), "runs/tiny/trained.json", new, attempt=1)
+    assert calls == []
+
+
+def test_forced_stale_run_sets_its_state_aside_whole_and_trains_afresh(tmp_path, monkeypatch, one_thread):
+    cfg, run, config_yaml = _stale_run(tmp_path)
+    before = _run_files(run)
+    new = TrainConfig.load(config_yaml).identity_hash()
+    old = TrainConfig.from_dict(cfg).identity_hash()
+    done = subprocess.CompletedProcess([], 0, stdout="", stderr="")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: done)
+    monkeypatch.setattr(steps, "write_trained", lambda *a: {})
+    steps.request_fresh(run, new)
+    steps.train(str(config_yaml), str(run / "trained.json"), new, attempt=1)
+    stale = run / f"stale-{old}"
+    assert {k: v for k, v in before.items() if k != "training.yaml"} == {
+        str(Path(k).relative_to(stale.name)): v
+        for k, v in _run_files(run).items()
+        if k.startswith(stale.name)
+    }  # every file of the old identity, moved unchanged
+    assert not (run / "checkpoints").exists() and not (run / steps.FRESH).exists()
+    (run / "checkpoints").mkdir()  # the same identity set aside again goes next to it
+    assert steps.set_aside(run, old) == run / f"stale-{old}-2"
+
+
+def test_forced_run_of_the_same_identity_resumes(tmp_path, monkeypatch, one_thread):
+    cfg = tiny_config(tmp_path, duration=16, snapshot_nimg=8)
+    train(cfg)
+    run = Path(cfg["run_dir"])
+    config_yaml = run / "training.yaml"
+    config_yaml.write_text(yaml.safe_dump({**cfg, "duration": 24}))  # raised duration: same identity
+    identity = TrainConfig.load(config_yaml).identity_hash()
+    before = _run_files(run)
+    launched = []
+    done = subprocess.CompletedProcess([], 0, stdout="", stderr="")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: launched.append(a) or done)
+    monkeypatch.setattr(steps, "write_trained", lambda *a: {})
+    steps.request_fresh(run, identity)
+    steps.train(str(config_yaml), str(run / "trained.json"), identity, attempt=1)
+    assert len(launched) == 1 and not list(run.glob("stale-*"))
+    assert {k: v for k, v in _run_files(run).items() if k != "training.yaml"} == {
+        k: v for k, v in before.items() if k != "training.yaml"
+    }

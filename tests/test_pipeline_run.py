@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ import h5py
 import pytest
 import yaml
 
+from edm2lib.files import read_network_meta
 from pipeline_helpers import ci_config, job_counts, snakemake
 
 pytestmark = pytest.mark.slow
@@ -79,9 +81,16 @@ def edited(work: Path, section: str, values: dict) -> Path:
     return path
 
 
+def param_changes(work: Path, config: Path) -> list[str]:
+    """`snakemake --list-changes params`: the outputs whose params differ from their recorded ones."""
+    proc = snakemake(work, "--list-changes", "params", "--configfile", str(config))
+    return sorted(proc.stdout.split())
+
+
 def test_nothing_to_do_after_a_finished_run(ran):
     proc = snakemake(ran, "-n", "--configfile", str(ran / "config.yaml"))
     assert job_counts(proc.stdout) == {}
+    assert param_changes(ran, ran / "config.yaml") == []
 
 
 def test_forcerun_reruns_the_rule_and_what_depends_on_it_only(ran):
@@ -145,23 +154,26 @@ def test_performance_only_edit_plans_no_job_and_no_param_change(ran, section, va
     config = edited(ran, section, values)
     proc = snakemake(ran, "-n", "--configfile", str(config))
     assert job_counts(proc.stdout) == {}
+    assert param_changes(ran, config) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (issue 14): a batch_gpu/status/checkpoint edit still plans refstats, sample, score",
-)
 def test_runtime_training_keys_rerun_nothing(ran):
     config = yaml.safe_load((ran / "config.yaml").read_text())
     config["runs"]["tiny"].update(checkpoint_minutes=3, status_nimg=128, batch_gpu=4)
     path = ran / "runtime-edit.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config))  # sorted keys: the params must not depend on the key order
     assert job_counts(snakemake(ran, "-n", "--configfile", str(path)).stdout) == {}
+    assert param_changes(ran, path) == []
 
 
 def test_num_steps_or_guidance_weight_reruns_exactly_the_dependent_samples_and_scores(ran):
     steps = snakemake(ran, "-n", "--configfile", str(edited(ran, "sampling", {"num_steps": 5})))
     assert job_counts(steps.stdout) == {"sample": 3, "score": 3, "table": 1, "all": 1}  # 3 sigma_rel x ag
+    points = [f"tiny/000000000256-{s}-ag/block0" for s in ("0.050", "0.100", "0.150")]
+    assert param_changes(ran, ran / "sampling-edit.yaml") == sorted(
+        [f"samples/{p}.h5" for p in points] + [f"samples/{p}.png" for p in points]
+        + [f"metrics/{p}.json" for p in points]
+    )  # fmt: skip
     weight = edited(
         ran, "guidance", {"ag": {"w": 2.0, "guide": {"run": "tiny", "nimg": 128, "sigma_rel": 0.1}}}
     )
@@ -173,10 +185,19 @@ def test_num_steps_or_guidance_weight_reruns_exactly_the_dependent_samples_and_s
     }
 
 
-@pytest.mark.xfail(
-    strict=True, reason="open (issue 14): the train rule's output does not show the identity message"
-)
-def test_stale_training_stops_before_training_naming_the_changed_key(ran, tmp_path):
+def state_files(run: Path) -> dict[str, bytes]:
+    """Every file under a run's checkpoints/ and snapshots/, by relative path."""
+    return {
+        str(p.relative_to(run)): p.read_bytes()
+        for d in ("checkpoints", "snapshots")
+        for p in sorted((run / d).rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_stale_training_stops_before_training_naming_the_changed_key_and_forcerun_trains_afresh(
+    ran, tmp_path
+):
     work = tmp_path / "copy"
     shutil.copytree(ran, work, symlinks=True)
     config = yaml.safe_load((work / "config.yaml").read_text())
@@ -187,15 +208,26 @@ def test_stale_training_stops_before_training_naming_the_changed_key(ran, tmp_pa
     counts = job_counts(plan.stdout)
     assert counts["train_config"] == counts["train"] == counts["phema"] == 1
     print("\ndry run after an lr_ref edit:", counts)
-    checkpoints = sorted(p.name for p in (work / "runs" / "tiny" / "checkpoints").iterdir())
-    proc = snakemake(work, "--cores", "1", "--configfile", str(path), "runs/tiny/trained.json", check=False)
+    run = work / "runs" / "tiny"
+    before = state_files(run)
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    target = "runs/tiny/trained.json"  # (targets before --configfile, which takes several values)
+    proc = snakemake(work, target, "--cores", "1", "--configfile", str(path), check=False)
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr
     line = next(ln for ln in output.splitlines() if "another identity" in ln)
     print("message:", line)
-    assert re.search(r"lr_ref: [0-9.]+ -> 0.02", line) and "delete" in line
+    assert re.search(r"lr_ref: [0-9.]+ -> 0.02", line) and f"--forcerun {target}" in line
     assert "not retried" in output  # the retries repeated the message instead of training again
-    assert sorted(p.name for p in (work / "runs" / "tiny" / "checkpoints").iterdir()) == checkpoints
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == checkpoints
+    old = re.search(r"stale-([0-9a-f]{16})/", line)[1]
+    snakemake(work, target, "--forcerun", target, "--cores", "1", "--configfile", str(path))
+    stale = run / f"stale-{old}"
+    assert state_files(stale) == before  # set aside whole: nothing lost
+    trained = json.loads((run / "trained.json").read_text())
+    assert trained["identity"] != old and trained["snapshots"]
+    assert {read_network_meta(work / p)["identity"] for p in trained["snapshots"]} == {trained["identity"]}
+    assert not (run / "fresh.json").exists()
 
 
 def test_effective_config_is_written_and_shown_in_the_report(ran):

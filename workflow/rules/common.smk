@@ -3,7 +3,7 @@ import re
 
 from edm2lib import files
 from edm2lib.pipeline import config as pipeline
-from edm2lib.pipeline.steps import training_identity
+from edm2lib.pipeline.steps import clear_fresh_request, request_fresh, training_identity
 
 DATA = f"data/{config['data']['name']}"
 ENV = "../envs/edm2lib.yaml"  # every rule's software environment (`--software-deployment-method conda`)
@@ -11,6 +11,7 @@ POINTS = pipeline.points(config)
 BLOCKS = range(config["sampling"]["seed_blocks"])
 SEEDS = {b: pipeline.seed_range(config, b) for b in BLOCKS}
 GUIDE = {p: pipeline.guide_target(config, p) for p in POINTS}  # per point, computed once (DAG speed)
+GUIDANCE = {g: pipeline.guidance_params(config, g) for g in config["guidance"]}  # the sample params
 TRAINING_DATA = f"{DATA}/latents.h5" if config["data"]["encoder"] == "sd-vae" else f"{DATA}/images.h5"
 TRAINED = [run for run in config["runs"] if run not in pipeline.official_runs(config)]  # released runs: none
 IDENTITY = {run: training_identity(config["runs"][run], TRAINING_DATA, f"runs/{run}") for run in TRAINED}
@@ -56,6 +57,19 @@ def sample_inputs(wildcards):
     return inputs
 
 
+def request_fresh_training(dag):
+    """`onstart`: mark the train jobs this invocation forces (a stale run of them then trains afresh,
+    workflow/rules/train.smk); drop the marks of earlier invocations."""
+    forced = {
+        job.wildcards.run for job in dag.needrun_jobs() if job.rule.name == "train" and dag.reason(job).forced
+    }
+    for run in TRAINED:
+        if run in forced:
+            request_fresh(f"runs/{run}", IDENTITY[run])
+        else:
+            clear_fresh_request(f"runs/{run}")
+
+
 REFERENCE_STATS = {d: f"{DATA}/ref-{d}.npz" for d in config["metrics"]["detectors"]}
 DETECTORS = pipeline.detector_settings(config, config["metrics"]["detectors"])
 
@@ -93,3 +107,18 @@ def _one_of(names):
 def official_targets(wildcards):
     """The ours-vs-paper plot, for configs with released runs."""
     return ["results/ours_vs_paper.png"] if POSTHOC_RUNS or RAW_RUNS else []
+
+
+def _list_only_real_params_changes():
+    """`snakemake --list-changes params` on Snakemake 9.27 lists the last output of every job, changed or
+    not: a `ParamsChange` without a change still iterates the files it was checked for. Make such a change
+    iterate nothing (a no-op on a Snakemake that already does so); the rerun decisions never iterate it."""
+    try:
+        from snakemake.persistence import ParamsChange
+    except ImportError:  # another Snakemake: nothing to correct
+        return
+    if list(ParamsChange(files={"unchanged"})):
+        ParamsChange.__iter__ = lambda self: iter(self.files if self else ())
+
+
+_list_only_real_params_changes()

@@ -21,7 +21,7 @@ rule sample:
     params:
         net=lambda wildcards: phema_file(wildcards.run, int(wildcards.nimg), float(wildcards.sigma_rel)),
         guide=guide_file,
-        guidance=lambda wildcards: dict(sorted(config["guidance"][wildcards.guidance].items())),
+        guidance=lambda wildcards: GUIDANCE[wildcards.guidance],
         seeds=lambda wildcards: SEEDS[int(wildcards.block)],
         num_steps=config["sampling"]["num_steps"],
     threads: 2

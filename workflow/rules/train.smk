@@ -6,6 +6,10 @@
 # intervals) are read from the config when training.yaml is written; editing them reruns nothing.
 # On preemption the ranks checkpoint and exit 75 (after `scontrol requeue` under SLURM); `retries` resume
 # such runs; a deterministic failure is not trained again by a retry (edm2lib.pipeline.steps.train).
+# A forced train job (`--forcerun runs/<run>/trained.json`) of a run whose checkpoints have another identity
+# trains afresh: the Snakefile's `onstart` (main process only, before any job) leaves runs/<run>/fresh.json,
+# and the job moves the old state into runs/<run>/stale-<identity>/ first (docs/pipeline.md: Starting a run
+# afresh). A forced job of the same identity resumes, like any other.
 
 
 rule train_config:

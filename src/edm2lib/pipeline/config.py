@@ -95,6 +95,8 @@ def official_runs(config: dict, source: str | None = None) -> list[str]:
 def _expand_official(config: dict) -> None:
     """Fill in what a released run's training would have said (preset, duration, snapshot interval), so
     every other rule treats it like a trained run; unknown models and times fail with one line."""
+    if not official_runs(config):
+        return  # (edm2lib.official loads torch: a config without released runs does not need it)
     from edm2lib.official import releases
 
     for name in official_runs(config):
@@ -302,9 +304,24 @@ def prepare_params(config: dict) -> dict[str, Any]:
     return {k: config["data"].get(k) for k in IMAGE_KEYS}
 
 
+def canonical(value: Any) -> Any:
+    """`value` with every mapping's keys sorted, at any depth: Snakemake compares params by their repr, so a
+    param must not depend on the order of keys in the config file."""
+    if isinstance(value, Mapping):
+        return {k: canonical(value[k]) for k in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return type(value)(canonical(v) for v in value)
+    return value
+
+
 def train_params(config: dict, run: str) -> dict[str, Any]:
     """The `runs.<run>` keys training.yaml must follow at once: identity keys and `duration`."""
-    return {k: v for k, v in sorted(config["runs"][run].items()) if k not in RUN_RUNTIME_KEYS}  # order-free
+    return canonical({k: v for k, v in config["runs"][run].items() if k not in RUN_RUNTIME_KEYS})
+
+
+def guidance_params(config: dict, name: str) -> dict[str, Any]:
+    """The `guidance.<name>` setting a sample depends on (w, guide, interval)."""
+    return canonical(config["guidance"][name])
 
 
 def detector_settings(config: dict, detectors: list[str]) -> dict[str, Any]:
@@ -313,7 +330,7 @@ def detector_settings(config: dict, detectors: list[str]) -> dict[str, Any]:
     return {
         "detectors": list(detectors),
         "weights": {d: m["weights"].get(d) for d in detectors},
-        "random_arch": {d: m["random_arch"].get(d) for d in detectors},
+        "random_arch": {d: canonical(m["random_arch"].get(d)) for d in detectors},
         "allow_random_init": m["allow_random_init"],
         "ref_images": m["ref_images"],
     }

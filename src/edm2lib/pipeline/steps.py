@@ -167,18 +167,106 @@ def training_identity(run: Mapping[str, Any], data: str, run_dir: str) -> str:
 
 
 FAILED = "failed.json"  # runs/<run>/failed.json: a deterministic training failure, not to be retried
+FRESH = "fresh.json"  # runs/<run>/fresh.json: this invocation forced the train job (may start afresh)
+STALE = "stale-{identity}"  # runs/<run>/stale-<identity>/: a run's state set aside by a forced train job
+# what training writes into runs/<run>/ (a forced job of another identity sets it aside)
+TRAINING_STATE = ("checkpoints", "snapshots", "log.txt", "stats.jsonl", "telemetry.jsonl")
+
+
+def request_fresh(run_dir: str | Path, identity: str) -> None:
+    """Mark the train job of `run_dir` as forced (Snakefile `onstart`): a stale run's state is set aside."""
+    atomic_write_text(Path(run_dir) / FRESH, json.dumps({"identity": identity}) + "\n")
+
+
+def clear_fresh_request(run_dir: str | Path) -> None:
+    """Drop a request left by an earlier invocation (`onstart` of one that does not force the job)."""
+    (Path(run_dir) / FRESH).unlink(missing_ok=True)
+
+
+def _checkpoint_config(run_dir: Path) -> dict[str, Any] | None:
+    """The training config stored in the newest checkpoint of `run_dir` (its state.json), or None."""
+    from edm2lib.training import checkpoint
+
+    for _, path in reversed(checkpoint.list_checkpoints(run_dir)):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return json.loads((path / "state.json").read_text())["config"]
+    return None
+
+
+def set_aside(run_dir: str | Path, identity: str) -> Path | None:
+    """Move the training state of `run_dir` (checkpoints, snapshots, logs) of training identity `identity`
+    into a new runs/<run>/stale-<identity>/ folder, one rename per entry: nothing is deleted. None if the
+    run has no state."""
+    run_dir = Path(run_dir)
+    entries = [run_dir / name for name in TRAINING_STATE if (run_dir / name).exists()]
+    if not entries:
+        return None
+    base = dest = run_dir / STALE.format(identity=identity)
+    n = 1
+    while dest.exists():  # the same identity set aside before
+        n += 1
+        dest = base.with_name(f"{base.name}-{n}")
+    dest.mkdir()
+    for entry in entries:
+        entry.rename(dest / entry.name)
+    files.fsync_dir(run_dir)
+    return dest
+
+
+def identity_change(config_yaml: str | Path) -> tuple[str, list[str]] | None:
+    """(old identity hash, `key: old -> new` lines) when the newest checkpoint of the run has another
+    training identity than `config_yaml`; None when it has the same one or there is none."""
+    from edm2lib.training.config import TrainConfig, identity_changes, identity_hash, identity_of
+
+    cfg = TrainConfig.load(config_yaml)
+    saved = _checkpoint_config(Path(cfg.run_dir))
+    changes = [] if saved is None else identity_changes(identity_of(saved), cfg.identity())
+    return (identity_hash(identity_of(saved)), changes) if changes else None
+
+
+def stale_message(run_dir: str | Path, out_json: str, old: str, changes: Sequence[str]) -> str:
+    """One line: the run has another identity, what changed, and the ways out."""
+    return (
+        f"{run_dir}: trained with another identity (changed: {'; '.join(changes)}); to train it afresh "
+        f"rerun with `--forcerun {out_json}` (its checkpoints and snapshots move to "
+        f"{Path(run_dir) / STALE.format(identity=old)}/), or give the run a new name, or restore the "
+        f"original values"
+    )
+
+
+def _fail(failed: Path, message: str, exit_code: int) -> ValueError:
+    atomic_write_text(failed, json.dumps({"error": message, "exit_code": exit_code}) + "\n")
+    return ValueError(message)
 
 
 def train(config_yaml: str, out_json: str, identity: str, attempt: int, launch: str = "") -> dict[str, Any]:
     """Run the training ranks (`launch`, e.g. `srun -n 8`, + `python -m edm2lib.training`), then write
-    trained.json. Exit 75 (preemption) or a signal: exit 75, for Snakemake's `retries` to resume. Any other
-    failure is deterministic: its message is kept in runs/<run>/failed.json, and a retry (attempt > 1)
-    repeats it at once instead of training again."""
-    failed = Path(config_yaml).parent / FAILED
+    trained.json. The job resumes from the run's checkpoints; if they have another training identity it
+    stops at once naming the changed keys, unless the job was forced (runs/<run>/fresh.json of this
+    identity): then it sets the old state aside (`set_aside`) and trains afresh.
+    Exit 75 (preemption) or a signal: exit 75, for Snakemake's `retries` to resume. Any other failure is
+    deterministic: its message is kept in runs/<run>/failed.json, and a retry (attempt > 1) repeats it at
+    once instead of training again."""
+    run_dir = Path(config_yaml).parent
+    failed = run_dir / FAILED
     if attempt > 1 and failed.is_file():
         message = json.loads(failed.read_text())["error"]
         raise ValueError(f"not retried (a deterministic failure; retries are for preemption): {message}")
     failed.unlink(missing_ok=True)
+    fresh = run_dir / FRESH
+    forced = fresh.is_file() and json.loads(fresh.read_text()).get("identity") == identity
+    try:
+        stale = identity_change(config_yaml)
+    except ValueError as error:
+        raise _fail(failed, str(error), 1) from None
+    if stale is not None and not forced:
+        raise _fail(failed, stale_message(run_dir, out_json, *stale), 1)
+    if stale is not None:
+        print(
+            f"forced train job: training afresh; the earlier state is in {set_aside(run_dir, stale[0])}",
+            flush=True,
+        )
+    fresh.unlink(missing_ok=True)  # consumed: a retry or requeue of this job resumes what it trained
     launch = launch if os.environ.get("SLURM_JOB_ID") else ""  # srun only inside a SLURM job
     cmd = [*shlex.split(launch), sys.executable, "-m", "edm2lib.training", "--config", str(config_yaml)]
     sys.stdout.flush()
@@ -192,8 +280,7 @@ def train(config_yaml: str, out_json: str, identity: str, attempt: int, launch: 
         message = (
             lines[-1].removeprefix("error: ") if lines else f"training exited with status {proc.returncode}"
         )
-        atomic_write_text(failed, json.dumps({"error": message, "exit_code": proc.returncode}) + "\n")
-        raise ValueError(message)
+        raise _fail(failed, message, proc.returncode)
     return write_trained(config_yaml, out_json, identity)
 
 
