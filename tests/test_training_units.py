@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from edm2lib import distributed
+from edm2lib.nn.layers import MPConv
 from edm2lib.nn.networks import Precond
 from edm2lib.training import __main__ as cli
-from edm2lib.training import checkpoint, loop, preempt
+from edm2lib.training import checkpoint, compiled, loop, preempt
 from edm2lib.training.config import TrainConfig
 from edm2lib.training.loss import draw_noise, edm2_loss, learning_rate
 from edm2lib.training.stream import ShardedSampler, make_generator
@@ -48,6 +49,7 @@ def test_config_rejects_unknown_keys_by_name(tmp_path):
         ({"status_nimg": 10}, "'status_nimg' = 10 is not a multiple"),
         ({"duration": 20}, "'duration' = 20 is not a multiple"),
         ({"dtype": "fp8"}, "'dtype' must be one of"),
+        ({"compile": "yes"}, "'compile' must be true, false or auto, got 'yes'"),
         ({"lr_ref": -1.0}, "'lr_ref' must be positive"),
         ({"sigma_rels": [0.05, 0.5]}, "'sigma_rels' must be values in"),
         ({"network": {"channel_mult": [1]}}, "needs a 'preset' or 'network'"),
@@ -131,8 +133,19 @@ def test_nonfinite_gradients_are_zeroed_and_counted():
     assert a.grad.tolist() == [1.0, 0.0, 0.0, 0.0] and b.grad.tolist() == [0.5, 0.25, -1.0]
 
 
+def test_finite_gradients_pass_the_one_check_unchanged_even_when_their_norm_overflows():
+    a, b = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(2))
+    a.grad = torch.tensor([1.0, -2.0, 3e38, 3e38])  # finite entries whose norm is inf in float32
+    b.grad = torch.tensor([0.5, -0.25])
+    before = [a.grad.clone(), b.grad.clone()]
+    assert int(loop.zero_nonfinite_grads([a, b])) == 0
+    assert all(torch.equal(p.grad, g) for p, g in zip([a, b], before))
+    a.grad = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert int(loop.zero_nonfinite_grads([a, b])) == 0 and a.grad.tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
 def test_nan_loss_is_counted_and_never_reaches_a_checkpoint(tmp_path, monkeypatch):
-    real_loss = loop.edm2_loss
+    real_loss = compiled.edm2_loss
     calls = []
 
     def sometimes_nan(*args, **kwargs):
@@ -140,7 +153,7 @@ def test_nan_loss_is_counted_and_never_reaches_a_checkpoint(tmp_path, monkeypatc
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if len(calls) in (3, 4) else loss
 
-    monkeypatch.setattr(loop, "edm2_loss", sometimes_nan)
+    monkeypatch.setattr(compiled, "edm2_loss", sometimes_nan)
     summary = loop.train(tiny_config(tmp_path, duration=48, checkpoint_nimg=24))
     assert summary["nonfinite_steps"] == 2 and summary["nonfinite_grads"] == 2 * 45747
     stats = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
@@ -297,3 +310,83 @@ def test_bf16_on_a_gpu_without_bf16_is_one_line_error_before_training(monkeypatc
     assert "\n" not in str(e.value)
     for dtype, device in [("fp16", "cuda:0"), ("fp32", "cuda:0"), ("bf16", "cpu")]:
         loop.check_dtype(dtype, torch.device(device))  # possible: no error
+
+
+def _reference_step_grads(net, images, labels, sigma, noise, scale):
+    """The textbook step: forced weight normalisation inside a training-mode forward, loss sum backward."""
+    net.zero_grad(set_to_none=True)
+    loss = edm2_loss(net.train(), images, labels, sigma_data=net.sigma_data, sigma=sigma, noise=noise)
+    (loss.sum() * scale).backward()
+    return loss.detach().sum(), {n: p.grad.clone() for n, p in net.named_parameters()}
+
+
+def _engine_step_grads(net, step, images, labels, sigma, noise, scale):
+    """The Trainer's way: forced weight normalisation once, then the forward with it off, via `LossStep`."""
+    net.zero_grad(set_to_none=True)
+    mpconvs = [m for m in net.modules() if isinstance(m, MPConv)]
+    for m in mpconvs:
+        if m.weight_norm == "forced":
+            m.force_weight_norm_()
+        m.train(False)
+    total = step(net, images, labels, sigma, noise, net.sigma_data, scale)
+    for m in mpconvs:
+        m.train(True)
+    return total, {n: p.grad.clone() for n, p in net.named_parameters()}
+
+
+def _tiny_batch(net, n=4):
+    gen = torch.Generator().manual_seed(3)
+    images = torch.randn(n, net.img_channels, net.img_resolution, net.img_resolution, generator=gen)
+    labels = torch.nn.functional.one_hot(torch.arange(n) % net.label_dim, net.label_dim).float()
+    sigma, noise = draw_noise(range(n), tuple(images.shape[1:]), -0.4, 1.0, 0)
+    return images, labels, sigma, noise
+
+
+@pytest.mark.parametrize("backend", [None, "aot_eager"])
+def test_engine_step_numerics_equal_the_eager_step(backend):
+    torch.manual_seed(0)
+    ref_net = Precond(img_resolution=8, img_channels=3, label_dim=3, **TINY_NET)
+    net = Precond(img_resolution=8, img_channels=3, label_dim=3, **TINY_NET)
+    net.load_state_dict(ref_net.state_dict())
+    batch = _tiny_batch(net)
+    step = compiled.LossStep(backend is not None, backend=backend or "inductor")
+    for _ in range(2):  # the second call reuses the traced graph
+        ref_loss, ref_grads = _reference_step_grads(ref_net, *batch, scale=0.25)
+        loss, grads = _engine_step_grads(net, step, *batch, scale=0.25)
+        assert step.is_compiled == (backend is not None)
+        if backend is None:  # the same operations in the same order: bit-identical
+            assert torch.equal(loss, ref_loss) and all(torch.equal(grads[k], ref_grads[k]) for k in grads)
+        else:
+            torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+            for k in grads:
+                torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-4, atol=1e-6)
+        assert all(torch.equal(p, q) for p, q in zip(net.parameters(), ref_net.parameters()))
+
+
+def test_a_compile_failure_falls_back_to_eager_with_one_warning_and_eager_results(tmp_path, monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def call(*args):
+            torch.rand(7)  # consumes the global RNG, as a half-done compiled call might
+            raise RuntimeError("InductorError: CppCompileError: C++ compile error\n(many more lines)")
+
+        return call
+
+    eager = loop.train(tiny_config(tmp_path, run_dir=str(tmp_path / "eager"), duration=24, compile=False))
+    monkeypatch.setattr(compiled.torch, "compile", broken_compile)
+    with pytest.warns(UserWarning) as caught:
+        fallback = loop.train(
+            tiny_config(tmp_path, run_dir=str(tmp_path / "fallback"), duration=24, compile=True)
+        )
+    mine = [w for w in caught if "torch.compile failed" in str(w.message)]
+    assert len(mine) == 1 and "\n" not in str(mine[0].message)
+    assert "training continues eager (RuntimeError: InductorError: CppCompileError" in str(mine[0].message)
+    assert fallback["last_status"]["loss"] == eager["last_status"]["loss"]
+    a, b = (checkpoint.load(checkpoint.find_latest_valid(tmp_path / d)) for d in ("eager", "fallback"))
+    assert all(torch.equal(a["net"][k], b["net"][k]) for k in a["net"])
+
+
+def test_compile_auto_means_cuda_only():
+    assert compiled.wants_compile("auto", torch.device("cuda:0"))
+    assert not compiled.wants_compile("auto", torch.device("cpu"))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert compiled.wants_compile(True, cpu) and not compiled.wants_compile(False, cuda)

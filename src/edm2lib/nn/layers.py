@@ -155,8 +155,7 @@ class MPConv(nn.Module):
         if self.weight_norm != "none":
             w = w.to(torch.float32)
             if self.weight_norm == "forced" and self.training:
-                with torch.no_grad():
-                    self.weight.copy_(normalize(w))  # EDM2 Eq. 66 (forced WN, unit RMS = norm sqrt(fan_in))
+                self.force_weight_norm_(w)
             # EDM2 Eq. 47: w_i / ||w_i|| applied to a unit-magnitude input, with the gain of Eq. 104.
             w = normalize(w) * (gain / math.sqrt(self.fan_in))
         elif not (isinstance(gain, int | float) and gain == 1):
@@ -166,6 +165,16 @@ class MPConv(nn.Module):
         if w.ndim == 2:
             return F.linear(x, w, b)
         return F.conv2d(x, w, b, padding=w.shape[-1] // 2)
+
+    @torch.no_grad()
+    def force_weight_norm_(self, w: torch.Tensor | None = None) -> None:
+        """Reset the stored weight to unit RMS in place, from `w` (its float32 value) if given.
+
+        Training mode does it on every use; a training loop may instead call it once per optimizer step
+        on every 'forced' layer and run the forward with `train(False)` on them (the same values).
+        """
+        w = self.weight.to(torch.float32) if w is None else w
+        self.weight.copy_(normalize(w))  # EDM2 Eq. 66 (forced WN, unit RMS = norm sqrt(fan_in))
 
 
 def _draw(shape: tuple[int, ...], init: str, fan_in: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ _MI = 2**20
 # identity either: the lr schedule does not depend on it, so a longer run continues from the last checkpoint
 RUNTIME_KEYS = frozenset(
     {"run_dir", "device", "batch_gpu", "checkpoint_nimg", "checkpoint_minutes", "keep_checkpoints",
-     "status_nimg", "requeue", "deterministic", "duration"}
+     "status_nimg", "requeue", "deterministic", "duration", "compile"}
 )  # fmt: skip
 
 
@@ -57,6 +57,7 @@ class TrainConfig:
     loss_scaling: float = 1.0  # plain loss multiplier, gradients not unscaled (docs/official.md)
     deterministic: bool = False  # torch deterministic algorithms (tests, exact-resume checks)
     requeue: str = "auto"  # on preemption under SLURM: scontrol requeue (auto: if the job is requeueable)
+    compile: bool | str = "auto"  # torch.compile the loss step: true, false or auto (on CUDA only)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
@@ -164,6 +165,8 @@ class TrainConfig:
             raise ValueError(f"config key 'dtype' must be one of {DTYPES}, got {self.dtype!r}")
         if self.requeue not in REQUEUE:
             raise ValueError(f"config key 'requeue' must be one of {REQUEUE}, got {self.requeue!r}")
+        if not (isinstance(self.compile, bool) or self.compile == "auto"):
+            raise ValueError(f"config key 'compile' must be true, false or auto, got {self.compile!r}")
         if not self.checkpoint_minutes >= 0:
             raise ValueError(f"config key 'checkpoint_minutes' must be >= 0, got {self.checkpoint_minutes!r}")
         if not isinstance(self.network, dict):

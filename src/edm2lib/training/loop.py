@@ -27,8 +27,9 @@ from edm2lib.nn.layers import MPConv
 from edm2lib.nn.networks import Precond
 from edm2lib.phema.ema import PowerFunctionEMA
 from edm2lib.training import checkpoint, preempt, telemetry
+from edm2lib.training.compiled import LossStep, wants_compile
 from edm2lib.training.config import TrainConfig, identity_changes, identity_of
-from edm2lib.training.loss import draw_noise, edm2_loss, learning_rate
+from edm2lib.training.loss import draw_noise, learning_rate
 from edm2lib.training.status import RunLog, peak_memory_gib, progress_bar
 from edm2lib.training.stream import ShardedSampler, derive_seed, make_generator
 
@@ -47,10 +48,14 @@ def check_dtype(dtype: str, device: torch.device) -> None:
 def zero_nonfinite_grads(params: list[torch.nn.Parameter]) -> torch.Tensor:
     """Replace NaN/Inf gradient entries by 0 (EDM2 App. D.2); return how many there were."""
     count = torch.zeros([], dtype=torch.int64, device=params[0].device)
-    for p in params:
-        if p.grad is not None:
-            count += (~torch.isfinite(p.grad)).sum()
-            torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads and count.device.type == "cpu":  # one check first (reading it costs nothing on the CPU):
+        norms = torch.stack(torch._foreach_norm(grads))  # a NaN/Inf entry makes its tensor's norm NaN/Inf
+        if bool(norms.isfinite().all()):
+            return count
+    for g in grads:
+        count += (~torch.isfinite(g)).sum()
+        torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
     return count
 
 
@@ -82,6 +87,7 @@ class Trainer:
         self.net = Precond(**self.net_kwargs).to(self.device).train()
         self.params = list(self.net.parameters())
         self.mpconvs = [m for m in self.net.modules() if isinstance(m, MPConv)]
+        self.forced = [m for m in self.mpconvs if m.weight_norm == "forced"]
         # Adam with the recipe's betas (EDM2 App. B.2: beta2 0.99 from B on), eps 1e-8; fused on CUDA
         self.fused = True if self.device.type == "cuda" else None
         self.optimizer = torch.optim.Adam(
@@ -104,6 +110,7 @@ class Trainer:
         if self.dist.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.net, device_ids=ids)
+        self.loss_step = LossStep(wants_compile(cfg.compile, self.device))  # docs/training.md: compile
 
     # ---- resume / checkpoint -------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -235,6 +242,13 @@ class Trainer:
              for i, q in enumerate(positions)]  # fmt: skip
         return torch.cat(x), self.dataset.labels(indices)
 
+    def _loaded(self, positions: range) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_examples`, in pinned memory when training on CUDA (the copy to the device then is async)."""
+        images, labels = self._examples(positions)
+        if self.device.type == "cuda":
+            images, labels = images.pin_memory(), labels.pin_memory()
+        return images, labels
+
     def _fetch(self, start: int, keep: bool = False) -> Future:
         """The examples of the micro-batch starting at stream position `start`, read by a loader thread.
 
@@ -242,7 +256,7 @@ class Trainer:
         """
         future = self.ahead.get(start) if keep else self.ahead.pop(start, None)
         if future is None:
-            future = self.loader.submit(self._examples, range(start, start + self.batch_gpu))
+            future = self.loader.submit(self._loaded, range(start, start + self.batch_gpu))
             if keep:
                 self.ahead[start] = future
         return future
@@ -259,24 +273,27 @@ class Trainer:
         batches = [self._fetch(start) for start in starts]
         for r in range(self.rounds):  # read the next step's examples while this one computes
             self._fetch(self.sampler.micro_batch_start(self.nimg + cfg.batch, r), keep=True)
+        # forced weight normalisation (EDM2 sec. 2.3) once per step, before round 0, so that accumulation
+        # rounds see the same weights as the other ranks; the forward then only normalises on use
+        for m in self.forced:
+            m.force_weight_norm_()
+        for m in self.mpconvs:
+            m.train(False)
+        # docs/official.md: sum over pixels, mean over the global batch (DDP averages over ranks)
+        scale = cfg.loss_scaling / (self.batch_gpu * self.rounds)
         for r, start in enumerate(starts):
             positions = range(start, start + self.batch_gpu)
             images, labels = batches[r].result()
             shape = tuple(images.shape[1:])
             sigma, noise = draw_noise(positions, shape, cfg.P_mean, cfg.P_std, cfg.seed, self.device)
-            images, labels = images.to(self.device), labels.to(self.device)
+            images = images.to(self.device, non_blocking=True)  # pinned by the loader on CUDA
+            labels = labels.to(self.device, non_blocking=True)
             torch.manual_seed(derive_seed("dropout", cfg.seed, start))  # dropout draws from the global RNG
-            for m in self.mpconvs:  # forced weight normalisation (EDM2 sec. 2.3) once per step, in round 0,
-                m.train(r == 0)  # so that accumulation rounds see the same weights as the other ranks
             last = r == self.rounds - 1
             sync = contextlib.nullcontext() if last or self.model is self.net else self.model.no_sync()
             with sync:
-                loss = edm2_loss(
-                    self.model, images, labels, sigma_data=self.net.sigma_data, sigma=sigma, noise=noise
-                )
-                # docs/official.md: sum over pixels, mean over the global batch (DDP averages over ranks)
-                (loss.sum() * (cfg.loss_scaling / (self.batch_gpu * self.rounds))).backward()
-            loss_sum += loss.detach().sum()
+                args = (images, labels, sigma, noise, self.net.sigma_data, scale)
+                loss_sum += self.loss_step(self.model, *args)
         for m in self.mpconvs:
             m.train(True)
         bad = zero_nonfinite_grads(self.params)
@@ -348,7 +365,8 @@ class Trainer:
         # a signal on any rank stops all ranks; rank 0's clock decides time-based checkpoints
         neg_nimg = -flag.signal_nimg if flag.signal_nimg is not None else -math.inf
         mine = [flag.raised, self.dist.is_main and due_time, flag.signum or 0, neg_nimg]
-        stop, due, signum, neg_nimg = distributed.all_reduce_max(mine, self.device)
+        on = self.device if self.dist.world_size > 1 else torch.device("cpu")  # 1 rank: no device sync
+        stop, due, signum, neg_nimg = distributed.all_reduce_max(mine, on)
         return bool(stop), bool(due), {"signal": int(signum), "signal_nimg": int(-neg_nimg) if stop else -1}
 
     def _status(self, window: dict[str, Any]) -> dict[str, Any]:
