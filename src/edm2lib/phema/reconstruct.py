@@ -3,14 +3,17 @@
 Loop over tensor names; for each name read that tensor (in row chunks) from every snapshot that some target
 uses, form all targets' values with one matrix product in fp32, and append them to every output file. The
 outputs are streamed in the safetensors layout (the header is computable up front from shapes and dtypes),
-as temporary files renamed only when all of them are complete. Peak memory is
-O((snapshots + targets) x chunk), independent of the model size. numpy only: torch is imported solely for
-bf16 inputs (which numpy cannot hold), so the CLI starts in a fraction of a second.
+as temporary files renamed only when all of them are complete. Three stages overlap: this thread reads the
+chunks, a pool of workers converts and mixes them (numpy releases the GIL), a writer thread appends the
+results in order. Peak memory is O(workers x (snapshots + targets) x chunk), independent of the model size.
+numpy only: torch is imported solely for bf16 inputs (which numpy cannot hold), so the CLI starts in a
+fraction of a second.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import itertools
 import json
@@ -20,6 +23,7 @@ import queue
 import struct
 import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +47,7 @@ _ITEMSIZE = {
 }
 _FLOATS = {"F64", "F32", "F16", "BF16"}
 _OUT_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16"}  # output dtype -> safetensors name
-CHUNK_NUMEL = 1 << 20  # elements per input per read: (snapshots + targets) x 4 MiB of fp32 at most
+CHUNK_NUMEL = 1 << 16  # elements per input per read: small enough for the mixing to stay in the CPU cache
 MAPPED_BYTES = 128 << 20  # reopen the inputs after reading this much: touched mapped pages count in RSS
 
 
@@ -156,71 +160,89 @@ def _numpy(value: Any, raw: bool = False) -> np.ndarray:
 
 
 class _Mixer:
-    """coeffs^T @ [one chunk of a tensor from every input] in fp32, in reused buffers (fresh large
-    allocations page-fault on every chunk and cost more than the arithmetic). Results alternate between
-    two buffers, so one can be written to disk while the next is computed."""
+    """coeffs^T @ [one chunk of a tensor from every input] in fp32, on a pool of worker threads.
 
-    def __init__(self, coeffs: np.ndarray, chunk_numel: int, dtype: np.dtype) -> None:
+    `mix` reads the chunk from every input on the calling thread and returns a Future of the [targets,
+    numel] result. Each worker converts into its own reused fp32 buffers (fresh large allocations
+    page-fault on every chunk and cost more than the arithmetic); results come from a fixed set of
+    buffers, each handed back by `release` once written, which also bounds the chunks in flight.
+    """
+
+    def __init__(self, coeffs: np.ndarray, chunk_numel: int, dtype: np.dtype, workers: int) -> None:
         self.coeffs_t = np.ascontiguousarray(coeffs.T, dtype=np.float32)  # [targets, inputs]
-        self.dtype, self.numel, self.turn = np.dtype(dtype), 0, 0
-        self._grow(chunk_numel)
+        self.dtype, self.chunk_numel = np.dtype(dtype), chunk_numel
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="phema-mix")
+        self.local = threading.local()
+        self.free: queue.Queue = queue.Queue()
+        for _ in range(2 * workers + 2):  # computing, queued for the writer, being written
+            self.free.put(None)  # allocated on first use, at the size needed
 
-    def _grow(self, numel: int) -> None:
-        if numel > self.numel:
-            (k, s), self.numel = self.coeffs_t.shape, numel
-            self.inputs = np.empty(s * numel, dtype=np.float32)
-            self.out = None if self.dtype == np.float32 else np.empty(k * numel, dtype=np.float32)
-            self.results = [np.empty(k * numel, dtype=self.dtype) for _ in range(2)]
+    def mix(self, files: list[Any], name: str, rows: slice | None) -> Future:
+        """Future [targets, numel] values of tensor `name` (rows `rows`, None: all); reads each file once."""
+        parts = [_numpy(f.get_tensor(name) if rows is None else f.get_slice(name)[rows]) for f in files]
+        return self.pool.submit(self._combine, parts, self.free.get())
 
-    def mix(self, files: list[Any], name: str, rows: slice | None) -> np.ndarray:
-        """[targets, numel] values of tensor `name` (rows `rows`, None: whole), reading each file once."""
-        (k, s), result = self.coeffs_t.shape, None
-        for i, f in enumerate(files):
-            part = _numpy(f.get_tensor(name) if rows is None else f.get_slice(name)[rows])
-            if i == 0:
-                self._grow(n := part.size)
-                inputs, result = (
-                    self.inputs[: s * n].reshape(s, n),
-                    self.results[self.turn][: k * n].reshape(k, n),
-                )
-                self.turn ^= 1
+    def release(self, result: np.ndarray) -> None:
+        """Hand a written result's buffer back for a later chunk."""
+        self.free.put(result.base if result.base is not None else result)
+
+    def _combine(self, parts: list[np.ndarray], buffer: np.ndarray | None) -> np.ndarray:
+        k, n = self.coeffs_t.shape[0], parts[0].size
+        if buffer is None or buffer.size < k * n:
+            buffer = np.empty(k * max(n, self.chunk_numel), dtype=self.dtype)
+        result = buffer[: k * n].reshape(k, n)
+        inputs, out = self._scratch(n)
+        for i, part in enumerate(parts):
             np.copyto(inputs[i], part)  # fp16 -> fp32 on the fly
-        if self.out is None:
+        if out is None:
             np.matmul(self.coeffs_t, inputs, out=result)  # EDM2 Sec. 3.2: theta_k = sum_i X_ik theta_i
         else:
-            np.copyto(
-                result, np.matmul(self.coeffs_t, inputs, out=self.out[: k * n].reshape(k, n)), "same_kind"
-            )
+            np.copyto(result, np.matmul(self.coeffs_t, inputs, out=out), "same_kind")
         return result
+
+    def _scratch(self, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """This worker's fp32 [inputs, n] buffer and (for non-fp32 outputs) its fp32 [targets, n] one."""
+        (k, s), local = self.coeffs_t.shape, self.local
+        if getattr(local, "numel", 0) < n:
+            local.numel = max(n, self.chunk_numel)
+            local.inputs = np.empty(s * local.numel, dtype=np.float32)
+            local.out = None if self.dtype == np.float32 else np.empty(k * local.numel, dtype=np.float32)
+        inputs = local.inputs[: s * n].reshape(s, n)
+        return inputs, None if local.out is None else local.out[: k * n].reshape(k, n)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Writer:
-    """Appends chunks to the output files on a background thread, so disk writes overlap the next chunk's
-    reads and arithmetic. `put` waits for the previous chunk first: one chunk in flight, one computing."""
+    """Appends chunks to the output files on a background thread, in the order they were put, so disk
+    writes overlap the reads and arithmetic of later chunks. `done(value)` runs after each write."""
 
-    def __init__(self) -> None:
+    def __init__(self, done: Any = None) -> None:
         self.error: BaseException | None = None
-        self.queue: queue.Queue = queue.Queue(maxsize=1)
+        self.done = done or (lambda value: None)
+        self.queue: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="phema-writer", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         while (item := self.queue.get()) is not None:
+            pairs, value = item
             try:
                 if self.error is None:
-                    for f, value in item:
-                        f.write(np.ascontiguousarray(value).reshape(-1).view(np.uint8))
+                    for f, v in pairs:
+                        f.write(np.ascontiguousarray(v).reshape(-1).view(np.uint8))
             except BaseException as e:  # re-raised on the caller's thread
                 self.error = e
             finally:
-                self.queue.task_done()
+                if value is not None:
+                    self.done(value)
 
-    def put(self, pairs: Iterable[tuple[Any, np.ndarray]]) -> None:
-        """Queue (file, tensor) writes once the previous chunk is written (its buffer is then reusable)."""
-        self.queue.join()
+    def put(self, pairs: Iterable[tuple[Any, np.ndarray]], value: np.ndarray | None = None) -> None:
+        """Queue (file, tensor) writes; `value` (if given) goes to `done` once they are written."""
         if self.error is not None:
             raise self.error
-        self.queue.put(list(pairs))
+        self.queue.put((list(pairs), value))
 
     def close(self) -> None:
         """Finish the queued writes and stop the thread (idempotent); re-raise a write error."""
@@ -294,6 +316,7 @@ def reconstruct(
     dtype: Any = "float16",
     chunk_numel: int = CHUNK_NUMEL,
     progress: bool = True,
+    workers: int | None = None,
 ) -> list[Path]:
     """Write `phema-{nimg:012d}-{sigma_rel:.3f}.safetensors` for every (time, sigma_rel) of the grid.
 
@@ -301,6 +324,7 @@ def reconstruct(
     (default: the latest snapshot time); the grid is times x `out_sigma_rel`. Parameters are averaged
     (EDM2 Sec. 3.2), buffers (metadata `buffers`, else non-float tensors) come from the last input used.
     `dtype`: of the averaged parameters, "float16"/"float32"/"float64" (a numpy or torch dtype also works).
+    `workers`: threads converting and mixing chunks (default: the CPU count, at most 4).
     """
     out_dtype = str(dtype).removeprefix("torch.")
     if out_dtype not in _OUT_DTYPES:
@@ -324,8 +348,18 @@ def reconstruct(
         else:
             buffers = {k for k, (dt, _) in layout.items() if dt not in _FLOATS}
         outs = _open_outputs(stack, plan, inputs, layout, buffers, _OUT_DTYPES[out_dtype], out_dir)
-        mixer = _Mixer(plan.X[plan.rows], chunk_numel, np.dtype(out_dtype))
-        writer = stack.enter_context(contextlib.closing(_Writer()))
+        workers = workers or min(4, os.cpu_count() or 1)
+        mixer = stack.enter_context(
+            contextlib.closing(_Mixer(plan.X[plan.rows], chunk_numel, np.dtype(out_dtype), workers))
+        )
+        writer = stack.enter_context(contextlib.closing(_Writer(mixer.release)))
+        pending: collections.deque[Future] = collections.deque()  # mixed chunks, in file order
+
+        def write_ready(keep: int) -> None:
+            while len(pending) > keep:
+                values = pending.popleft().result()
+                writer.put(zip((f for f, _ in outs), values), values)
+
         tensors: Iterable = layout.items()
         if progress:
             from tqdm import tqdm
@@ -333,15 +367,18 @@ def reconstruct(
             tensors = tqdm(tensors, desc="reconstruct", unit="tensor", total=len(layout))
         for name, (dt, shape) in tensors:
             if name in buffers:  # copied from the last input each target uses; one read per input
+                write_ready(0)  # the outputs are appended in layout order
                 for i in sorted(set(plan.last)):
                     value = _numpy(handles.files[i].get_tensor(name), raw=True)
                     writer.put((outs[k][0], value) for k, j in enumerate(plan.last) if j == i)
                     handles.account(value.nbytes)
                 continue
             for span in _row_spans(shape, chunk_numel):
-                values = mixer.mix(list(handles.files.values()), name, span)
-                writer.put(zip((f for f, _ in outs), values))
-                handles.account(values.shape[1] * _ITEMSIZE[dt] * len(handles.files))
+                pending.append(mixer.mix(list(handles.files.values()), name, span))
+                numel = math.prod(shape) if span is None else (span.stop - span.start) * math.prod(shape[1:])
+                handles.account(numel * _ITEMSIZE[dt] * len(handles.files))
+                write_ready(workers)
+        write_ready(0)
         writer.close()
         for (f, size), name in zip(outs, plan.names):
             if f.tell() != size:

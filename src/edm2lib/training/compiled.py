@@ -46,7 +46,8 @@ class LossStep:
         self.compiled = None
         if compile:  # inductor's fallback_random: dropout draws from the global RNG exactly as eager does
             options = {"fallback_random": True} if backend == "inductor" else None
-            self.compiled = torch.compile(micro_batch_loss, backend=backend, options=options)
+            # static shapes: a run's micro-batches all have one shape
+            self.compiled = torch.compile(micro_batch_loss, backend=backend, options=options, dynamic=False)
         self.failure: str | None = None  # why compiling failed, once it has
 
     @property
