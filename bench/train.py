@@ -176,8 +176,9 @@ def main() -> None:
         for i, name in enumerate(args.engine_presets):
             batch = args.engine_batches[i] if i < len(args.engine_batches) else None
             engine_rows.append(engine_vs_eager(name, batch, args.engine_steps, Path(tmp)))
-    print(f"{'preset':<16} {'params':>12} {'batch':>5} {'s/step':>8} {'img/s':>9} {'loader img/s':>13} "
-          f"{'headroom':>9} {'peak RSS GiB':>13}")  # fmt: skip
+    if rows:
+        print(f"{'preset':<16} {'params':>12} {'batch':>5} {'s/step':>8} {'img/s':>9} {'loader img/s':>13} "
+              f"{'headroom':>9} {'peak RSS GiB':>13}")  # fmt: skip
     for r in rows:
         print(
             f"{r['preset']:<16} {r['params']:>12,d} {r['batch']:>5d} {r['sec_per_step']:>8.3f} "
