@@ -385,6 +385,16 @@ def test_a_compile_failure_falls_back_to_eager_with_one_warning_and_eager_result
     assert all(torch.equal(a["net"][k], b["net"][k]) for k in a["net"])
 
 
+def test_a_compile_refused_up_front_is_one_warning_too(monkeypatch):
+    def unsupported(fn, **kwargs):
+        raise RuntimeError("torch.compile is not supported on this Python version")
+
+    monkeypatch.setattr(compiled.torch, "compile", unsupported)
+    with pytest.warns(UserWarning, match=r"torch.compile failed, training continues eager \(RuntimeError"):
+        step = compiled.LossStep(True)
+    assert not step.is_compiled and "not supported" in step.failure
+
+
 def test_compile_auto_means_cuda_only():
     assert compiled.wants_compile("auto", torch.device("cuda:0"))
     assert not compiled.wants_compile("auto", torch.device("cpu"))

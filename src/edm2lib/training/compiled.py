@@ -44,11 +44,15 @@ class LossStep:
 
     def __init__(self, compile: bool, backend: str = "inductor"):
         self.compiled = None
+        self.failure: str | None = None  # why compiling failed, once it has
         if compile:  # inductor's fallback_random: dropout draws from the global RNG exactly as eager does
             options = {"fallback_random": True} if backend == "inductor" else None
-            # static shapes: a run's micro-batches all have one shape
-            self.compiled = torch.compile(micro_batch_loss, backend=backend, options=options, dynamic=False)
-        self.failure: str | None = None  # why compiling failed, once it has
+            try:  # static shapes: a run's micro-batches all have one shape
+                self.compiled = torch.compile(
+                    micro_batch_loss, backend=backend, options=options, dynamic=False
+                )
+            except Exception as e:  # e.g. a Python version dynamo does not support yet
+                self._fall_back(e)
 
     @property
     def is_compiled(self) -> bool:
