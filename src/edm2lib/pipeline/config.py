@@ -296,7 +296,10 @@ def point_record(config: dict, point: Point, block: int) -> dict[str, Any]:
 # What each rule's output depends on (its Snakemake `params`): performance and runtime keys are left out, so
 # editing them reruns nothing; the scripts read those from the config at run time.
 IMAGE_KEYS = ("name", "source", "path", "labels", "resolution", "transform", "max_images")
-RUN_RUNTIME_KEYS = ("batch_gpu", "checkpoint_minutes", "checkpoint_nimg", "status_nimg", "guidance")
+RUN_RUNTIME_KEYS = (
+    "batch_gpu", "checkpoint_minutes", "checkpoint_nimg", "keep_checkpoints", "status_nimg", "compile",
+    "requeue", "deterministic", "guidance",
+)  # fmt: skip
 
 
 def prepare_params(config: dict) -> dict[str, Any]:
