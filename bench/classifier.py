@@ -40,8 +40,12 @@ def main() -> None:
     net = train_classifier(x_train, y_train, 10, epochs=a.epochs, width=a.width, lr=a.lr)
     seconds = time.perf_counter() - start
     acc = accuracy(net, x_test, y_test)
-    result = {**vars(a), "train_seconds": round(seconds, 1), "test_accuracy": acc,
-              "load_average": os.getloadavg()[0]}
+    result = {
+        **vars(a),
+        "train_seconds": round(seconds, 1),
+        "test_accuracy": acc,
+        "load_average": os.getloadavg()[0],
+    }
     print(json.dumps(result))
     out = Path(__file__).parent / "out"
     out.mkdir(exist_ok=True)

@@ -30,7 +30,12 @@ class Classifier(nn.Module):
     """
 
     def __init__(
-        self, resolution: int = 32, channels: int = 3, num_classes: int = 10, width: int = 16, features: int = 128
+        self,
+        resolution: int = 32,
+        channels: int = 3,
+        num_classes: int = 10,
+        width: int = 16,
+        features: int = 128,
     ):
         super().__init__()
         if resolution % 4 or resolution < 8:
@@ -42,7 +47,10 @@ class Classifier(nn.Module):
 
         def stage(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
             )
 
         self.body = nn.Sequential(stage(channels, width), stage(width, 2 * width), nn.Flatten())
@@ -89,7 +97,9 @@ def train_classifier(
     """Train a `Classifier` on uint8 [N,H,W,C] images and int labels with Adam and cross-entropy, seeded:
     the same inputs and seed give the same weights on the same machine and thread count."""
     if images.ndim != 4 or images.dtype != np.uint8 or len(images) != len(labels):
-        raise ValueError(f"images must be uint8 [N,H,W,C] with one label each, got {images.shape} / {labels.shape}")
+        raise ValueError(
+            f"images must be uint8 [N,H,W,C] with one label each, got {images.shape} / {labels.shape}"
+        )
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"labels must be in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
     torch.manual_seed(seed)
@@ -112,7 +122,8 @@ def train_classifier(
             opt.step()
             sched.step()
             total += float(loss.detach()) * len(idx)
-        log(f"epoch {epoch + 1}/{epochs}: loss {total / len(images):.4f} ({time.perf_counter() - start:.1f} s)")
+        seconds = time.perf_counter() - start
+        log(f"epoch {epoch + 1}/{epochs}: loss {total / len(images):.4f} ({seconds:.1f} s)")
     return net.eval()
 
 

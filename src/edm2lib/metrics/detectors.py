@@ -23,7 +23,7 @@ RESIZE = {
     "dinov2": "torch-bicubic-antialias-224",  # EDM2's resize_mode='torch', then ImageNet mean/std
 }
 # what must agree between stats to compare them ('dataset': what a data-specific detector was trained on)
-IDENTITY_KEYS = ("name", "arch", "sha256", "resize", "dataset")
+IDENTITY_KEYS = ("name", "dataset", "arch", "sha256", "resize")
 MAKER = "the pipeline's `detector` rule (snakemake data/<name>/classifier.safetensors)"
 
 

@@ -273,7 +273,8 @@ def model_name(run: Mapping[str, Any]) -> str:
     """The network a run trains: its preset, '-uncond' without labels, and its `network` overrides."""
     name = run["preset"] + ("" if run.get("conditional", True) else "-uncond")
     overrides = run.get("network") or {}
-    return name + ("[" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) + "]" if overrides else "")
+    listed = ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+    return name + (f"[{listed}]" if overrides else "")
 
 
 def classifier_path(config: dict) -> str:
@@ -326,7 +327,9 @@ def detector_settings(config: dict, detectors: list[str]) -> dict[str, Any]:
     m = config["metrics"]
     return {
         "detectors": list(detectors),
-        "weights": {d: classifier_path(config) if d == "classifier" else m["weights"].get(d) for d in detectors},
+        "weights": {
+            d: classifier_path(config) if d == "classifier" else m["weights"].get(d) for d in detectors
+        },
         "random_arch": {d: m["random_arch"].get(d) for d in detectors},
         "allow_random_init": m["allow_random_init"],
         "ref_images": m["ref_images"],

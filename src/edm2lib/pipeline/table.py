@@ -23,7 +23,8 @@ COLUMNS = [
     "paper_fd_dinov2",
 ]  # fmt: skip
 METRICS = {"inception": "fid", "dinov2": "fd_dinov2", "classifier": "fd_classifier"}
-LABELS = {"fid": "FID", "fd_dinov2": "FD-DINOv2", "fd_classifier": "FD-classifier", "class_acc": "class accuracy"}
+LABELS = {"fid": "FID", "fd_dinov2": "FD-DINOv2", "fd_classifier": "FD-classifier"}
+LABELS["class_acc"] = "class accuracy (classifier)"
 FLOOR_RUN = "real-heldout"  # the floor row: real held-out images scored like samples
 
 
@@ -192,11 +193,7 @@ def _cell(value: Any) -> Any:
 
 def present_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """COLUMNS less the columns of metrics no row has a value for (no detector configured for them)."""
-    empty = {
-        m
-        for m in [*METRICS.values(), "class_acc"]
-        if all(r.get(m) in ("", None) for r in rows)
-    }
+    empty = {m for m in [*METRICS.values(), "class_acc"] if all(r.get(m) in ("", None) for r in rows)}
     groups = {m: {m, f"{m}_mean", f"{m}_min", f"{m}_detector", f"paper_{m}"} for m in empty}
     dropped = set().union(*groups.values()) if groups else set()
     return [c for c in COLUMNS if c not in dropped]
@@ -244,7 +241,8 @@ def plot_fid_vs_sigma_rel(rows: Sequence[Mapping[str, Any]], out_png: str | os.P
             )
         if floor is not None and floor.get(metric) not in ("", None):
             value = float(floor[metric])
-            ax.axhline(value, color="k", ls="--", lw=1, label=f"real held-out, {floor['images']} img: {value:.3g}")
+            label = f"floor: real held-out, {floor['images']} img: {value:.3g}"
+            ax.axhline(value, color="k", ls="--", lw=1, label=label)
         ax.set_xlabel("EMA length sigma_rel (post-hoc)")
         ax.set_ylabel(LABELS[metric] + (" (mean over seed blocks)" if metric == "class_acc" else ""))
         ax.grid(alpha=0.3)
@@ -370,7 +368,8 @@ def train_detector(
         "settings": {k: settings[k] for k in keys},
     }
     meta = save_classifier(out_file, net, identity)
-    record = {**meta, "file": str(out_file), "sha256": sha256_file(out_file), "train_seconds": round(seconds, 1)}
+    record = {**meta, "file": str(out_file), "sha256": sha256_file(out_file)}
+    record["train_seconds"] = round(seconds, 1)
     atomic_write_text(out_json, json.dumps(record, indent=1) + "\n")
     print(json.dumps(record))
     return record
@@ -400,7 +399,8 @@ def score_floor(
         if hi > len(f["images"]):
             raise ValueError(
                 f"{heldout_h5}: {len(f['images'])} held-out images, the floor of seed block {block} needs "
-                f"images {lo}..{hi - 1}; lower sampling.images or sampling.seed_blocks, or set metrics.floor: false"
+                f"images {lo}..{hi - 1}; lower sampling.images or sampling.seed_blocks, or set "
+                "metrics.floor: false"
             )
 
     def batches():
@@ -425,7 +425,10 @@ def score_floor(
 
 
 def plot_class_grid(
-    samples_h5: str | os.PathLike, images_h5: str | os.PathLike, out_png: str | os.PathLike, per_class: int = 8
+    samples_h5: str | os.PathLike,
+    images_h5: str | os.PathLike,
+    out_png: str | os.PathLike,
+    per_class: int = 8,
 ) -> int:
     """Samples arranged by class: one column per class (labelled with the data set's class names), the
     first `per_class` samples of that class from top to bottom; returns the number of images shown."""
@@ -438,6 +441,7 @@ def plot_class_grid(
     with h5py.File(images_h5, "r") as f:
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["class_names"][()]]
     classes = list(range(len(names))) if (labels >= 0).any() else [-1]
+    per_class = max(1, min(per_class, max(int((labels == c).sum()) for c in classes)))  # no empty rows
     h, w = images.shape[1:3]
     canvas = np.full((per_class * (h + 2), len(classes) * (w + 2), 3), 255, np.uint8)
     shown = 0
