@@ -247,8 +247,14 @@ def plot_fid_vs_sigma_rel(rows: Sequence[Mapping[str, Any]], out_png: str | os.P
         ax.set_ylabel(LABELS[metric] + (" (mean over seed blocks)" if metric == "class_acc" else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    if any(r.get("random_init") for r in points):
-        fig.suptitle("RANDOM-INIT DETECTORS\npipeline demo numbers, not comparable to the paper", color="red")
+    random = [
+        LABELS[m]
+        for m in metrics
+        if any(str(r.get(f"{m}_detector", "")).startswith("RANDOM") for r in points)
+    ]
+    if random or any(r.get("random_init") for r in points):
+        names = ", ".join(random) or "some"
+        fig.suptitle(f"RANDOM-INIT DETECTORS ({names})\npipeline demo numbers, not comparable", color="red")
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png")
