@@ -227,7 +227,8 @@ def plot_fid_vs_sigma_rel(rows: Sequence[Mapping[str, Any]], out_png: str | os.P
         curves: dict[str, list[tuple[float, float]]] = {}
         for r in points:
             if r.get(metric) not in ("", None):
-                label = f"{r['model']} @ {r['nimg']} img, {r['guidance']} (w={r['w']:g})"
+                # the run, not the model: a model with its overrides is too long for a legend (see the table)
+                label = f"{r['run']} @ {r['nimg']} img, {r['guidance']} (w={r['w']:g})"
                 curves.setdefault(label, []).append((float(r["sigma_rel"]), float(r[metric])))
         best_of = max if metric == "class_acc" else min
         for label, curve in sorted(curves.items()):
