@@ -20,6 +20,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/prepare.smk"
 include: "workflow/rules/encode.smk"
 include: "workflow/rules/refstats.smk"
+include: "workflow/rules/detector.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/phema.smk"
 include: "workflow/rules/sample.smk"
@@ -39,4 +40,5 @@ rule all:
         "results/fid_vs_sigma_rel.png",
         all_profile_plots,
         all_grids,
+        all_class_grids,
         official_targets,

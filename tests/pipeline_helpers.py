@@ -61,6 +61,8 @@ def ci_config(tmp: Path, **changes: dict) -> Path:
     if not folder.exists():
         image_folder(folder)
     config["data"].update(source="folder", path=str(folder), transform="center-crop", max_images=None)
+    config["metrics"].update(detectors=["dinov2"], floor=False)  # a folder has no held-out split
+    config["metrics"].pop("classifier", None)
     for section, values in changes.items():
         config[section] = {**config[section], **values}
     path = tmp / "config.yaml"

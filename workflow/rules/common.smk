@@ -23,7 +23,7 @@ wildcard_constraints:
     sigma_rel=r"\d\.\d{3}",
     guidance=r"[A-Za-z0-9_]+",
     block=r"\d+",
-    detector=r"inception|dinov2",
+    detector=r"inception|dinov2|classifier",
 
 
 def point(wildcards):
@@ -72,6 +72,19 @@ def request_fresh_training(dag):
 
 REFERENCE_STATS = {d: f"{DATA}/ref-{d}.npz" for d in config["metrics"]["detectors"]}
 DETECTORS = pipeline.detector_settings(config, config["metrics"]["detectors"])
+# the data-specific classifier detector (detector.smk): an input of the rules whose features it computes
+CLASSIFIER = pipeline.classifier_path(config)
+CLASSIFIER_INPUT = {"classifier_file": CLASSIFIER} if "classifier" in config["metrics"]["detectors"] else {}
+FLOOR_RUN = "real-heldout"  # edm2lib.pipeline.table.FLOOR_RUN
+
+
+def all_floor(wildcards):
+    """The floor's metrics (real held-out images, one file per seed block), when `metrics.floor` is on."""
+    return [f"metrics/{FLOOR_RUN}/block{b}.json" for b in BLOCKS] if config["metrics"]["floor"] else []
+
+
+def all_class_grids(wildcards):
+    return [f"results/grids/{p.run}/{p.name}.png" for p in POINTS]
 
 
 def all_metrics(wildcards):

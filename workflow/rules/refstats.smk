@@ -4,6 +4,7 @@
 
 rule refstats:
     input:
+        unpack(lambda wildcards: CLASSIFIER_INPUT if wildcards.detector == "classifier" else {}),
         images=f"{DATA}/images.h5",
     output:
         stats=f"{DATA}/ref-{{detector}}.npz",

@@ -5,6 +5,7 @@
 rule score:
     input:
         unpack(lambda wildcards: REFERENCE_STATS),
+        unpack(lambda wildcards: CLASSIFIER_INPUT),
         samples="samples/{run}/{nimg}-{sigma_rel}-{guidance}/block{block}.h5",
     output:
         metrics="metrics/{run}/{nimg}-{sigma_rel}-{guidance}/block{block}.json",

@@ -4,7 +4,7 @@ from edm2lib.pipeline import steps
 
 sm = snakemake  # noqa: F821 (injected by Snakemake's `script:` directive)
 m = sm.config["metrics"]
-refs = {name: path for name, path in sm.input.items() if name != "samples"}
+refs = {name: path for name, path in sm.input.items() if name not in ("samples", "classifier_file")}
 steps.run_step(
     sm.log[0],
     steps.score,

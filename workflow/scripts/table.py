@@ -3,4 +3,4 @@
 from edm2lib.pipeline import steps
 
 sm = snakemake  # noqa: F821 (injected by Snakemake's `script:` directive)
-steps.run_step(sm.log[0], steps.table, sm.input.metrics, sm.output.table, sm.output.plot)
+steps.run_step(sm.log[0], steps.table, sm.input.metrics, sm.output.table, sm.output.plot, sm.input.floor)

@@ -11,17 +11,20 @@ import torch
 
 from edm2lib import distributed
 from edm2lib.files import sha256_file
-from edm2lib.metrics import dinov2, inception
+from edm2lib.metrics import classifier, dinov2, inception
 from edm2lib.metrics.weights import load_weights_file, resolve_weights
 
 RANDOM_INIT = "random-init"
-METRIC = {"inception": "fid", "dinov2": "fd_dinov2"}  # the result names used by EDM2 and the paper
+# the result names: EDM2's and the paper's, and the Fréchet distance in a data-specific classifier's features
+METRIC = {"inception": "fid", "dinov2": "fd_dinov2", "classifier": "fd_classifier"}
 ARCH = {"inception": "inception-v3-tf-2015-12-05", "dinov2": "dinov2-vitl14"}
 RESIZE = {
     "inception": "tf1-bilinear-299",  # NVIDIA's / TF1's resize_bilinear, then (x-128)/128
     "dinov2": "torch-bicubic-antialias-224",  # EDM2's resize_mode='torch', then ImageNet mean/std
 }
-IDENTITY_KEYS = ("name", "arch", "sha256", "resize")  # what must agree between stats to compare them
+# what must agree between stats to compare them ('dataset': what a data-specific detector was trained on)
+IDENTITY_KEYS = ("name", "dataset", "arch", "sha256", "resize")
+MAKER = "the pipeline's `detector` rule (snakemake data/<name>/classifier.safetensors)"
 
 
 def as_nchw_uint8(images: Any) -> torch.Tensor:
@@ -54,6 +57,14 @@ class Detector:
         self.identity = dict(identity)
         self.device = distributed.resolve_device(device)
         self.net = net.to(self.device).eval().requires_grad_(False)
+        self.classes = hasattr(net, "logits")  # a classifier: `classify` gives its predicted labels
+
+    @torch.no_grad()
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Predicted class ids [N] from this detector's features (classifiers only)."""
+        if not self.classes:
+            raise ValueError(f"detector {self.name!r} is not a classifier; it predicts no labels")
+        return self.net.logits(features.to(self.device)).argmax(1)
 
     def __repr__(self) -> str:
         return f"Detector({self.name!r}, dim={self.dim}, weights={self.identity['weights']!r})"
@@ -71,7 +82,7 @@ class Detector:
 
 def build_net(name: str, **arch: Any) -> tuple[torch.nn.Module, int]:
     """The detector network with uninitialised memory (fill it by loading or `reset_random`) and its dim."""
-    if name not in METRIC:
+    if name not in METRIC or name == "classifier":
         raise ValueError(f"unknown detector {name!r}; expected one of {sorted(METRIC)}")
     try:
         with torch.device("meta"):  # skip the default init: weights are loaded or reset right after
@@ -100,7 +111,10 @@ def load_detector(
     `arch` builds a smaller variant, random-init only: DINOv2 embed_dim, depth, num_heads, ...; Inception
     `resolution` (its input size, 75..299).
     `device` None: this rank's GPU (LOCAL_RANK) when CUDA is available, else the CPU.
+    'classifier' is a data-specific detector (`edm2lib.metrics.classifier`): `weights` is its file, required.
     """
+    if name == "classifier":
+        return load_classifier_detector(weights, device)
     if arch and not allow_random:
         raise ValueError(f"architecture overrides {sorted(arch)} exist for random-init tests only")
     net, dim = build_net(name, **arch)
@@ -121,6 +135,26 @@ def load_detector(
     resize = RESIZE[name].replace("299", str(arch["resolution"])) if "resolution" in arch else RESIZE[name]
     identity = {"name": name, "arch": ARCH[name], "weights": label, "sha256": sha, "resize": resize}
     return Detector(name, net, dim, identity, device)
+
+
+def load_classifier_detector(path: str | os.PathLike | None, device=None) -> Detector:
+    """The data-specific classifier detector of a `save_classifier` file; its identity names the data set
+    it was trained on, its seed and test accuracy."""
+    if path is None or not Path(path).is_file():
+        where = "no file given (metrics.weights.classifier)" if path is None else f"{path}: no such file"
+        raise FileNotFoundError(f"classifier detector: {where}; it is made by {MAKER}")
+    net, meta = classifier.load_classifier(path)
+    identity = {
+        "name": "classifier",
+        "arch": f"{meta['arch']}-w{net.config['width']}-f{net.config['features']}",
+        "weights": Path(path).name,
+        "sha256": sha256_file(path),
+        "resize": f"bilinear-antialias-{net.resolution}",
+        "dataset": meta["dataset"],
+        "seed": meta.get("seed"),
+        "test_accuracy": meta.get("test_accuracy"),
+    }
+    return Detector("classifier", net, net.dim, identity, device)
 
 
 def load_nvidia_inception_pkl(path: str | os.PathLike, trusted: bool = False, device=None) -> Detector:

@@ -42,7 +42,8 @@ class FeatureCollector:
         self.resolution = tuple(resolution) if resolution is not None else None
         self.stats = {d.name: FeatureStats(d.dim) for d in self.detectors}
 
-    def __call__(self, images: Any, *_: Any) -> int:
+    def __call__(self, images: Any, seeds: Any = None, labels: Any = None, *_: Any) -> int:
+        """Add a batch; `labels` (class ids, -1 unconditional) give classifier detectors' class accuracy."""
         x = as_nchw_uint8(images)
         size = (int(x.shape[2]), int(x.shape[3]))
         if self.resolution is not None and size != self.resolution:
@@ -51,7 +52,10 @@ class FeatureCollector:
                 f"{self.resolution[0]}x{self.resolution[1]} images; score samples at the data set's size"
             )
         for d in self.detectors:
-            self.stats[d.name].update(d(x), size)
+            features = d(x)
+            self.stats[d.name].update(features, size)
+            if d.classes and labels is not None:
+                self.stats[d.name].count_classes(d.classify(features), torch.as_tensor(np.asarray(labels)))
         return len(x)
 
 
@@ -69,8 +73,8 @@ def compute_stats(
     collect = FeatureCollector(detectors, resolution)
     disable = not progress or distributed.rank_world()[0] != 0
     with tqdm(total=total, unit="img", desc="features", disable=disable) as bar:
-        for batch in batches:
-            bar.update(collect(batch))
+        for batch in batches:  # uint8 images, or (images, seeds, labels) tuples
+            bar.update(collect(*batch) if isinstance(batch, tuple) else collect(batch))
     for stats in collect.stats.values():
         stats.all_reduce()
     return collect.stats
@@ -97,15 +101,20 @@ def _share(indices: np.ndarray) -> np.ndarray:
     return np.array_split(indices, world)[rank]
 
 
-def _h5_batches(path: str | os.PathLike, indices: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
-    """uint8 [B,H,W,3] batches of `images[indices]` (indices ascending), this rank's share only."""
+def _h5_batches(
+    path: str | os.PathLike, indices: np.ndarray, batch_size: int
+) -> Iterator[tuple[np.ndarray, None, np.ndarray | None]]:
+    """(uint8 [B,H,W,3] images, None, labels [B] or None) batches of `images[indices]` (indices ascending),
+    this rank's share only; labels are the file's `labels` (class ids, -1 unconditional) when it has them."""
     mine = _share(indices)
     with _open_images(path) as f:
         images = f["images"]
+        labels = np.asarray(f["labels"]) if "labels" in f else None
         for i in range(0, len(mine), batch_size):
             chunk = mine[i : i + batch_size]
             contiguous = chunk[-1] - chunk[0] == len(chunk) - 1
-            yield images[chunk[0] : chunk[-1] + 1] if contiguous else images[chunk]
+            batch = images[chunk[0] : chunk[-1] + 1] if contiguous else images[chunk]
+            yield batch, None, None if labels is None else labels[chunk]
 
 
 def reference_stats(
@@ -195,11 +204,12 @@ def load_references(
             raise ValueError(f"ref_stats has no statistics file for detector {d.name!r}")
         mu, sigma, meta = load_stats(ref_stats[d.name])
         for key in IDENTITY_KEYS:
-            theirs = meta["detector"].get(key)
-            if theirs != d.identity[key]:
+            theirs, ours = meta["detector"].get(key), d.identity.get(key)
+            if theirs != ours:
                 raise ValueError(
-                    f"{ref_stats[d.name]}: computed with detector {key}={theirs!r}, but scoring "
-                    f"uses {key}={d.identity[key]!r}; recompute the reference statistics"
+                    f"{ref_stats[d.name]}: computed with detector {key}={theirs!r} "
+                    f"({meta['detector'].get('weights')}), but scoring uses {key}={ours!r} "
+                    f"({d.identity.get('weights')}); recompute the reference statistics"
                 )
         refs[d.name] = (mu, sigma)
         if meta.get("resolution"):
@@ -232,6 +242,8 @@ def score_stats(
                 )
             row["n"] = s.n
             row[d.metric] = frechet_distance(s.mu, s.sigma, *refs[d.name])
+            if s.class_accuracy is not None:
+                row["class_acc"] = s.class_accuracy
         rows.append(row)
     if not rows:
         raise ValueError("no seed blocks to score")
@@ -240,6 +252,9 @@ def score_stats(
         values = [row[d.metric] for row in rows]
         result[f"{d.metric}_min"] = min(values)
         result[f"{d.metric}_mean"] = float(np.mean(values))
+    accuracies = [row["class_acc"] for row in rows if "class_acc" in row]
+    if accuracies:  # a classifier detector and class-conditional images: best (max) and mean over blocks
+        result["class_acc_max"], result["class_acc_mean"] = max(accuracies), float(np.mean(accuracies))
     result["detectors"] = {d.metric: d.identity for d in dets}
     result["random_init"] = any(d.identity["sha256"].startswith(RANDOM_INIT) for d in dets)
     result["reference"] = {d.metric: str(ref_stats[d.name]) for d in dets}
@@ -261,7 +276,8 @@ def score_samples(
     an iterable of uint8 batches (one block), or a list of such iterables (one block each).
     `ref_stats` maps detector name -> .npz.
     The paper reports the minimum over three blocks of 50k (EDM2 App. D).
-    Returns {'blocks': [{source, n, seeds?, fid, fd_dinov2}], 'fid_min', 'fid_mean', ..., 'detectors', ...}.
+    Returns {'blocks': [{source, n, seeds?, fid, fd_dinov2}], 'fid_min', 'fid_mean', ..., 'detectors', ...};
+    a classifier detector adds 'fd_classifier' and, for files with class labels, 'class_acc' per block.
     """
     dets = _as_list(detectors)
     _, resolution = load_references(ref_stats, dets)  # fail fast, before any feature is computed

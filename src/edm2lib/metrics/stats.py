@@ -25,6 +25,22 @@ class FeatureStats:
         self.sum_sq: torch.Tensor | None = None  # [dim, dim] float64
         self.resolution: tuple[int, int] | None = None  # (H, W) of the images the features came from
         self.reduced = False
+        self.correct = 0  # class-conditional images a classifier detector labels as their class
+        self.labelled = 0  # class-conditional images seen by `count_classes`
+
+    def count_classes(self, predicted: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add predicted class ids against the conditioning labels (-1 = unconditional, not counted)."""
+        if self.reduced:
+            raise ValueError("these statistics were already all-reduced; start a new FeatureStats")
+        labels = labels.to(predicted.device).long()
+        keep = labels >= 0
+        self.correct += int((predicted[keep] == labels[keep]).sum())
+        self.labelled += int(keep.sum())
+
+    @property
+    def class_accuracy(self) -> float | None:
+        """Fraction of class-conditional images labelled as their class; None when none was counted."""
+        return self.correct / self.labelled if self.labelled else None
 
     def update(self, features: torch.Tensor, resolution: tuple[int, int] | None = None) -> None:
         """Add a batch of features [B, dim] (from images of `resolution`, which must not change)."""
@@ -55,10 +71,11 @@ class FeatureStats:
             raise ValueError("all_reduce() called twice: the sums would be counted again")
         if self.sum is None:
             raise ValueError("a rank has no features; every rank must contribute at least one image")
-        n = torch.tensor([float(self.n)], dtype=torch.float64, device=self.sum.device)
+        counts = [float(self.n), float(self.correct), float(self.labelled)]
+        n = torch.tensor(counts, dtype=torch.float64, device=self.sum.device)
         for t in (n, self.sum, self.sum_sq):
             dist.all_reduce(t)
-        self.n = int(n.item())
+        self.n, self.correct, self.labelled = (int(v) for v in n.tolist())
         self.reduced = True
         return self
 

@@ -271,6 +271,21 @@ def data_source(data: Mapping[str, Any]) -> str:
     return str(data["path"])
 
 
+def model_name(run: Mapping[str, Any]) -> str:
+    """The network a run trains: its preset, '-uncond' without labels, and its `network` overrides."""
+    name = run["preset"] + ("" if run.get("conditional", True) else "-uncond")
+    overrides = run.get("network") or {}
+    listed = ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+    return name + (f"[{listed}]" if overrides else "")
+
+
+def classifier_path(config: dict) -> str:
+    """The data-specific classifier detector's file: `metrics.weights.classifier`, else the one the
+    `detector` rule trains, data/<name>/classifier.safetensors."""
+    given = config["metrics"]["weights"].get("classifier")
+    return given or f"data/{config['data']['name']}/classifier.safetensors"
+
+
 def point_record(config: dict, point: Point, block: int) -> dict[str, Any]:
     """What a results row says about a point and seed block besides its scores (`edm2lib.pipeline.table`)."""
     run = config["runs"][point.run]
@@ -280,7 +295,7 @@ def point_record(config: dict, point: Point, block: int) -> dict[str, Any]:
     interval = setting.get("interval")
     return {
         "run": point.run,
-        "model": run["preset"] + ("" if run.get("conditional", True) else "-uncond"),
+        "model": model_name(run),
         "nimg": point.nimg,
         "sigma_rel": round(point.sigma_rel, 3),
         "guidance": point.guidance,
@@ -332,7 +347,9 @@ def detector_settings(config: dict, detectors: list[str]) -> dict[str, Any]:
     m = config["metrics"]
     return {
         "detectors": list(detectors),
-        "weights": {d: m["weights"].get(d) for d in detectors},
+        "weights": {
+            d: classifier_path(config) if d == "classifier" else m["weights"].get(d) for d in detectors
+        },
         "random_arch": {d: canonical(m["random_arch"].get(d)) for d in detectors},
         "allow_random_init": m["allow_random_init"],
         "ref_images": m["ref_images"],

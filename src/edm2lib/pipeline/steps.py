@@ -124,11 +124,13 @@ def score(
     return score_point(samples_h5, refs, _metrics(settings, batch, download), point, out_json)
 
 
-def table(metric_paths: Sequence[str], out_csv: str, out_png: str) -> list[dict[str, Any]]:
-    """Every metrics JSON -> results/fid_table.csv + results/fid_vs_sigma_rel.png."""
+def table(
+    metric_paths: Sequence[str], out_csv: str, out_png: str, floor_paths: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """Every metrics JSON (+ the floor's) -> results/fid_table.csv + results/fid_vs_sigma_rel.png."""
     from edm2lib.pipeline.table import write_results
 
-    return write_results(list(metric_paths), out_csv, out_png)
+    return write_results(list(metric_paths), out_csv, out_png, list(floor_paths))
 
 
 # pipeline run keys that are not TrainConfig keys, or are named differently there
@@ -450,3 +452,48 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --- the data-specific detector (docs/metrics.md, "Data-specific detector") and the reference floor ---
+
+
+def heldout(data: Mapping[str, Any], out_h5: str | Path) -> dict[str, Any]:
+    """data/<name>/heldout.h5: the source's held-out split (Fashion-MNIST: the 10k test images), with the
+    data set's transform and resolution, never seen by training or the reference statistics."""
+    from edm2lib.pipeline.table import write_heldout
+
+    return write_heldout(data, out_h5)
+
+
+def detector(
+    images_h5: str, heldout_h5: str, settings: Mapping[str, Any], out_file: str, out_json: str
+) -> dict[str, Any]:
+    """Train the data-specific classifier on images.h5 (the training split), measure its accuracy on the
+    held-out split, save it as safetensors with its identity (data set, seed, test accuracy, sha256)."""
+    from edm2lib.pipeline.table import train_detector
+
+    return train_detector(images_h5, heldout_h5, settings, out_file, out_json)
+
+
+def floor(
+    heldout_h5: str,
+    refs: Mapping[str, str],
+    settings: Mapping[str, Any],
+    batch: int,
+    download: bool,
+    images: int,
+    block: int,
+    out_json: str,
+) -> dict[str, Any]:
+    """The reference floor: the metrics of `images` real held-out images (block `block`) against the
+    reference statistics, what a perfect generator would score with that many images."""
+    from edm2lib.pipeline.table import score_floor
+
+    return score_floor(heldout_h5, refs, _metrics(settings, batch, download), images, block, out_json)
+
+
+def class_grid(samples_h5: str, images_h5: str, out_png: str, per_class: int = 8) -> int:
+    """A sample grid arranged by class (one labelled column per class) of one point's first seed block."""
+    from edm2lib.pipeline.table import plot_class_grid
+
+    return plot_class_grid(samples_h5, images_h5, out_png, per_class)
