@@ -90,7 +90,7 @@ def test_checkpoint_state_round_trips_and_refuses_another_kind():
     other = TraditionalEMA(Scalar(), 500.0, 0.05)
     other.load_state_dict(ema.state_dict())
     assert torch.equal(other.ema[0], ema.ema[0])
-    with pytest.raises(ValueError, match="halflife_nimg 500.0, this tracker 600.0"):
+    with pytest.raises(ValueError, match=r"halflife_nimg 500\.0, this tracker 600\.0"):
         TraditionalEMA(Scalar(), 600.0, 0.05).load_state_dict(ema.state_dict())
     with pytest.raises(ValueError, match="EMA state keys differ"):
         other.load_state_dict(PowerFunctionEMA(Scalar()).state_dict())
