@@ -40,6 +40,9 @@ def traditional_snapshot_name(nimg: int) -> str:
     return f"ema-{int(nimg):012d}-traditional.safetensors"
 
 
+TRADITIONAL_SNAPSHOT_GLOB = "ema-*-traditional.safetensors"  # every `traditional_snapshot_name`
+
+
 def phema_name(nimg: int, sigma_rel: float) -> str:
     """`phema-{nimg:012d}-{sigma_rel:.3f}.safetensors`: one post-hoc EMA reconstruction."""
     return f"phema-{int(nimg):012d}-{sigma_rel:.3f}.safetensors"

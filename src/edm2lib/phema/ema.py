@@ -246,12 +246,14 @@ class TraditionalEMA:
         batch_size: int | None = None,
         **meta: Any,
     ) -> list[Path]:
-        """Write `ema-{nimg:012d}-traditional.safetensors` (one file; `batch_size` gives the recorded
-        `sigma_rel_equivalent`)."""
+        """Write `ema-{nimg:012d}-traditional.safetensors` (one file; with `batch_size`, the training batch
+        and the profile's `sigma_rel_equivalent` are recorded too)."""
         if config is None:
             config = getattr(net, "config", None) or {}
         path = Path(directory) / files.traditional_snapshot_name(nimg)
-        extra = {} if batch_size is None else {"sigma_rel_equivalent": self.sigma_rel(nimg, batch_size)}
+        extra = {}
+        if batch_size is not None:
+            extra = {"batch": int(batch_size), "sigma_rel_equivalent": self.sigma_rel(nimg, batch_size)}
         files.save_network(
             path,
             self.averaged_state_dict(net),

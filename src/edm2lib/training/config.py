@@ -136,7 +136,7 @@ class TrainConfig:
             raise ValueError(
                 f"config key 'batch_gpu' must be a positive integer or null, got {self.batch_gpu!r}"
             )
-        for key in ("duration", "snapshot_nimg", "checkpoint_nimg", "status_nimg"):
+        for key in ("duration", "snapshot_nimg", "checkpoint_nimg", "status_nimg", "telemetry_nimg"):
             if getattr(self, key) % self.batch:
                 raise ValueError(
                     f"config key '{key}' = {getattr(self, key)} is not a multiple of the batch {self.batch}"
