@@ -37,27 +37,27 @@ def test_every_shipped_config_passes_the_schema(name):
 def test_ladder_keys_reach_the_training_config():
     config = load("ablation.yaml")
     config["runs"]["D"].update(adam_betas=[0.8, 0.95])
-    text = yaml.safe_dump(config).replace("warmup: 256", "warmup: 256\n    t_ref: .inf", 1)
+    text = yaml.safe_dump(config).replace("warmup: 64", "warmup: 64\n    t_ref: .inf", 1)
     config = check(yaml.safe_load(text))
     assert math.isinf(config["runs"]["A"]["t_ref"])
     cfgs = {r: TrainConfig.from_dict(steps.training_config(config["runs"][r], "d.h5", "x")) for r in "ADG"}
     assert cfgs["D"].adam_betas == (0.8, 0.95) and cfgs["A"].adam_betas == (0.9, 0.999)  # A's recipe
-    assert (cfgs["A"].ema, cfgs["A"].ema_halflife_nimg, cfgs["A"].batch) == ("traditional", 48, 32)
-    assert cfgs["G"].ema == "power" and cfgs["G"].t_ref == 512 and math.isinf(cfgs["D"].t_ref)
-    assert all((c.telemetry_nimg, c.telemetry_probe) == (256, 64) for c in cfgs.values())
+    assert (cfgs["A"].ema, cfgs["A"].ema_halflife_nimg, cfgs["A"].batch) == ("traditional", 12, 16)
+    assert cfgs["G"].ema == "power" and cfgs["G"].t_ref == 128 and math.isinf(cfgs["D"].t_ref)
+    assert all((c.telemetry_nimg, c.telemetry_probe) == (64, 32) for c in cfgs.values())
     assert [c.network.get("ablation", "G") for c in cfgs.values()] == list("ADG")
 
 
 def test_a_traditional_ema_run_is_one_point_at_its_profiles_sigma_rel():
     config = check(load("ablation.yaml"))
     a = [p for p in pipeline.points(config) if p.run == "A"]
-    assert [(p.nimg, p.sigma_rel) for p in a] == [(2048, 0.034)]  # the paper's A: 0.034 (EDM2 Fig. 5a)
-    assert pipeline.phema_targets(config, "A") == [(2048, 0.034)]
-    assert pipeline.phema_targets(config, "B") == [(2048, 0.05), (2048, 0.1), (2048, 0.15)]
-    config["runs"]["B"]["ema"] = "traditional"  # any letter may use it
-    config["runs"]["B"]["ema_halflife_nimg"] = 2048 * 0.03 * math.log(2)  # std ~ H / ln 2 when H << t
+    assert [(p.nimg, p.sigma_rel) for p in a] == [(512, 0.033)]  # the paper's share; its A: 0.034
+    assert pipeline.phema_targets(config, "A") == [(512, 0.033)]
+    assert pipeline.phema_targets(config, "B") == [(512, 0.05), (512, 0.1), (512, 0.15)]
+    config["runs"]["B"].update(ema="traditional", duration=4096)  # any letter may use it
+    config["runs"]["B"]["ema_halflife_nimg"] = 4096 * 0.03 * math.log(2)  # std ~ H / ln 2 when H << t
     ((nimg, sigma_rel),) = pipeline.phema_targets(check(config), "B")
-    assert nimg == 2048 and sigma_rel == pytest.approx(0.03, abs=0.002)
+    assert nimg == 4096 and sigma_rel == pytest.approx(0.03, abs=0.002)
 
 
 @pytest.mark.parametrize(
@@ -88,7 +88,7 @@ def test_a_traditional_ema_run_is_one_point_at_its_profiles_sigma_rel():
         (lambda c: c["runs"]["E"].update(t_ref=0), "config: runs.E.t_ref: 0 is less than or equal to"),
         (
             lambda c: c["runs"]["E"].update(telemetry_nimg=100),
-            "config: runs.E: config key 'telemetry_nimg' = 100 is not a multiple of the batch 16",
+            "config: runs.E: config key 'telemetry_nimg' = 100 is not a multiple of the batch 8",
         ),
         (
             lambda c: c["guidance"].update(

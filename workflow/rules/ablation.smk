@@ -4,18 +4,11 @@
 #   --configfile takes every following word as a config file)
 
 
-def ablation_runs():
-    """Sampled runs this workflow trains (released runs have no recipe or telemetry)."""
-    return [r for r in pipeline.sampled_runs(config) if r in TRAINED]
-
-
-def telemetry_runs():
-    return [r for r in ablation_runs() if config["runs"][r].get("telemetry_nimg")]
-
-
-def ablation_metrics(wildcards):
-    runs = set(ablation_runs())
-    return [f"metrics/{p.run}/{p.name}/block{b}.json" for p in POINTS if p.run in runs for b in BLOCKS]
+ABLATION_RUNS = [r for r in pipeline.sampled_runs(config) if r in TRAINED]  # released runs: no recipe
+TELEMETRY_RUNS = [r for r in ABLATION_RUNS if config["runs"][r].get("telemetry_nimg")]
+ABLATION_METRICS = [
+    f"metrics/{p.run}/{p.name}/block{b}.json" for p in POINTS if p.run in ABLATION_RUNS for b in BLOCKS
+]
 
 
 rule dynamics:
@@ -46,9 +39,9 @@ rule dynamics:
 
 rule ablation_table:
     input:
-        metrics=ablation_metrics,
-        phema=[ancient(f"runs/{run}/phema") for run in ablation_runs()],
-        dynamics=[f"results/dynamics-{run}.png" for run in telemetry_runs()],
+        metrics=ABLATION_METRICS,
+        phema=[ancient(f"runs/{run}/phema") for run in ABLATION_RUNS],
+        dynamics=[f"results/dynamics-{run}.png" for run in TELEMETRY_RUNS],
     output:
         table=report("results/ablation_table.csv", caption="../report/ablation_table.rst", category="Results"),
     log:
@@ -56,8 +49,8 @@ rule ablation_table:
     benchmark:
         "benchmarks/ablation_table/ablation_table.tsv"
     params:
-        runs={run: config["runs"][run] for run in ablation_runs()},
-        phema_dirs={run: f"runs/{run}/phema" for run in ablation_runs()},
+        runs={run: config["runs"][run] for run in ABLATION_RUNS},
+        phema_dirs={run: f"runs/{run}/phema" for run in ABLATION_RUNS},
         detectors=config["metrics"]["detectors"],
         unguided=[g for g, s in config["guidance"].items() if s.get("guide") is None and s["w"] == 1],
     localrule: True
