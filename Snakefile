@@ -27,6 +27,7 @@ include: "workflow/rules/sample.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/table.smk"
 include: "workflow/rules/official.smk"
+include: "workflow/rules/ablation.smk"
 
 
 onstart:

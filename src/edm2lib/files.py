@@ -34,6 +34,15 @@ def snapshot_name(nimg: int, sigma_rel: float) -> str:
     return f"snapshot-{int(nimg):012d}-{sigma_rel:.3f}.safetensors"
 
 
+def traditional_snapshot_name(nimg: int) -> str:
+    """`ema-{nimg:012d}-traditional.safetensors`: a traditional-EMA snapshot (CONFIG A); never a
+    reconstruction input (it does not match `is_snapshot_name`)."""
+    return f"ema-{int(nimg):012d}-traditional.safetensors"
+
+
+TRADITIONAL_SNAPSHOT_GLOB = "ema-*-traditional.safetensors"  # every `traditional_snapshot_name`
+
+
 def phema_name(nimg: int, sigma_rel: float) -> str:
     """`phema-{nimg:012d}-{sigma_rel:.3f}.safetensors`: one post-hoc EMA reconstruction."""
     return f"phema-{int(nimg):012d}-{sigma_rel:.3f}.safetensors"

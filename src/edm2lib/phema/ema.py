@@ -1,4 +1,5 @@
-"""`PowerFunctionEMA`: online power-function EMA tracking of any torch module and snapshot writing."""
+"""Online EMA tracking of any torch module and snapshot writing: `PowerFunctionEMA` (EDM2 Sec. 3, configs
+B-G) and `TraditionalEMA` (EDM's half-life EMA, CONFIG A)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ class PowerFunctionEMA:
     Call `update(net, cur_nimg, batch_size)` after every optimizer step, with `cur_nimg` already advanced.
     Buffers are not averaged; snapshots copy them from the live network.
     """
+
+    kind = "power"
 
     def __init__(self, net: torch.nn.Module, sigma_rels: Iterable[float] = (0.05, 0.10)):
         self.sigma_rels = [float(s) for s in sigma_rels]
@@ -83,13 +86,11 @@ class PowerFunctionEMA:
     @torch.no_grad()
     def snapshot_state_dict(self, net: torch.nn.Module, sigma_rel: float) -> dict[str, torch.Tensor]:
         """`net.state_dict()` key names with the EMA parameters of `sigma_rel` and the live buffers."""
-        ema = dict(zip(self.param_names, self.emas[self._index(sigma_rel)]))
-        by_id = {id(p): name for name, p in net.named_parameters()}  # tied parameters share one EMA
-        aliases = {name: by_id[id(p)] for name, p in net.named_parameters(remove_duplicate=False)}
-        return {
-            key: (ema[aliases[key]] if key in aliases else value.detach()).clone()
-            for key, value in net.state_dict(keep_vars=True).items()
-        }
+        return _with_params(net, dict(zip(self.param_names, self.emas[self._index(sigma_rel)])))
+
+    def averaged_state_dict(self, net: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The longest tracked EMA as a state dict (the network EDM2 Fig. 15 plots)."""
+        return self.snapshot_state_dict(net, max(self.sigma_rels))
 
     def buffer_names(self, net: torch.nn.Module) -> list[str]:
         """State-dict keys of `net` that are buffers (copied, never averaged, by reconstruction)."""
@@ -127,3 +128,160 @@ class PowerFunctionEMA:
             )
             paths.append(path)
         return paths
+
+
+def traditional_halflife(nimg_before: int, halflife_nimg: float, rampup_ratio: float | None) -> float:
+    """EDM's half-life in images at training time `nimg_before` (images seen before the step): the
+    configured one, shortened early in training to `rampup_ratio * nimg_before` (EDM's ramp-up)."""
+    if rampup_ratio is None:
+        return float(halflife_nimg)
+    return min(float(halflife_nimg), nimg_before * rampup_ratio)  # Karras et al. 2022 (EDM) training loop
+
+
+def traditional_beta(
+    nimg_before: int, batch_size: int, halflife_nimg: float, rampup_ratio: float | None
+) -> float:
+    """Per-step decay of a traditional EMA: beta = 0.5 ** (batch / half-life) (EDM2 App. B.1, CONFIG A)."""
+    halflife = traditional_halflife(nimg_before, halflife_nimg, rampup_ratio)
+    return 0.5 ** (batch_size / max(halflife, 1e-8))  # first step (half-life 0 with ramp-up): beta 0 -> copy
+
+
+def traditional_weights(
+    nimg: int, batch_size: int, halflife_nimg: float, rampup_ratio: float | None
+) -> np.ndarray:
+    """Weight of the network after each step k = 1..nimg/batch in a traditional EMA at `nimg` (sums to 1)."""
+    steps = int(nimg) // int(batch_size)
+    before = np.arange(steps, dtype=np.float64) * batch_size  # images seen before step k
+    halflife = np.full(steps, float(halflife_nimg))
+    if rampup_ratio is not None:
+        halflife = np.minimum(halflife, before * rampup_ratio)
+    with np.errstate(divide="ignore"):
+        log_beta = np.log(0.5) * batch_size / np.maximum(halflife, 1e-8)
+    later = np.concatenate([np.cumsum(log_beta[::-1])[::-1][1:], [0.0]])  # sum of log beta_j for j > k
+    return (1 - np.exp(log_beta)) * np.exp(later)  # ema = sum_k (1 - beta_k) prod_{j>k} beta_j theta_k
+
+
+def traditional_sigma_rel(
+    nimg: int, batch_size: int, halflife_nimg: float, rampup_ratio: float | None
+) -> float:
+    """The std of a traditional EMA's averaging profile relative to training time `nimg` (EDM2 Eq. 2's
+    sigma_rel, the x-axis of Fig. 5a where CONFIG A is one point)."""
+    w = traditional_weights(nimg, batch_size, halflife_nimg, rampup_ratio)
+    t = np.arange(1, len(w) + 1, dtype=np.float64) * batch_size  # network k is the one at time k * batch
+    mean = np.sum(w * t)
+    return float(np.sqrt(np.sum(w * (t - mean) ** 2)) / nimg)
+
+
+class TraditionalEMA:
+    """One fp32 exponential moving average with EDM's half-life in images and ramp-up (CONFIG A, EDM2
+    Sec. 2 / App. B.1); the same interface as `PowerFunctionEMA` (update, state dict, snapshots).
+
+    Its snapshots are not post-hoc reconstruction inputs: they are named `ema-*-traditional` and record
+    `ema: traditional`, `halflife_nimg`, `rampup_ratio` and the profile's `sigma_rel_equivalent`.
+    """
+
+    kind = "traditional"
+
+    def __init__(self, net: torch.nn.Module, halflife_nimg: float, rampup_ratio: float | None = 0.05):
+        if not halflife_nimg > 0:
+            raise ValueError(f"EMA half-life must be positive images, got {halflife_nimg!r}")
+        if rampup_ratio is not None and not rampup_ratio > 0:
+            raise ValueError(f"EMA ramp-up ratio must be positive or None, got {rampup_ratio!r}")
+        self.halflife_nimg = float(halflife_nimg)
+        self.rampup_ratio = None if rampup_ratio is None else float(rampup_ratio)
+        self.param_names = [name for name, _ in net.named_parameters()]
+        self.ema = [p.detach().to(torch.float32, copy=True) for p in net.parameters()]
+
+    _live = PowerFunctionEMA._live
+    buffer_names = PowerFunctionEMA.buffer_names
+
+    @torch.no_grad()
+    def update(self, net: torch.nn.Module, cur_nimg: int, batch_size: int) -> None:
+        """Advance by the step that brought training time to `cur_nimg` images (EDM counts the time
+        before the step, so the half-life uses `cur_nimg - batch_size`)."""
+        beta = traditional_beta(cur_nimg - batch_size, batch_size, self.halflife_nimg, self.rampup_ratio)
+        torch._foreach_lerp_(self.ema, self._live(net), 1.0 - beta)  # ema <- beta ema + (1 - beta) net
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Flat tensors: `halflife_nimg`, `rampup_ratio` (-1: none) and `ema.0.{param name}`."""
+        ramp = -1.0 if self.rampup_ratio is None else self.rampup_ratio
+        sd = {"halflife_nimg": torch.tensor(self.halflife_nimg, dtype=torch.float64)}
+        sd["rampup_ratio"] = torch.tensor(ramp, dtype=torch.float64)
+        sd.update({f"ema.0.{name}": t for name, t in zip(self.param_names, self.ema)})
+        return sd
+
+    @torch.no_grad()
+    def load_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
+        """Restore an EMA written by `state_dict` (same half-life, ramp-up and parameter names, strict)."""
+        mine = self.state_dict()
+        if set(sd) != set(mine):
+            raise ValueError(
+                f"EMA state keys differ (a power-function EMA checkpoint?): missing "
+                f"{sorted(set(mine) - set(sd))[:5]}, unexpected {sorted(set(sd) - set(mine))[:5]}"
+            )
+        for key in ("halflife_nimg", "rampup_ratio"):
+            if float(sd[key]) != float(mine[key]):
+                raise ValueError(f"EMA state has {key} {float(sd[key])}, this tracker {float(mine[key])}")
+        for name, t in zip(self.param_names, self.ema):
+            src = sd[f"ema.0.{name}"]
+            if src.shape != t.shape:
+                raise ValueError(f"EMA state key ema.0.{name}: shape {tuple(src.shape)} != {tuple(t.shape)}")
+            t.copy_(src)
+
+    def averaged_state_dict(self, net: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """`net.state_dict()` key names with the EMA parameters and the live buffers."""
+        return _with_params(net, dict(zip(self.param_names, self.ema)))
+
+    def sigma_rel(self, nimg: int, batch_size: int) -> float:
+        """The relative std of this EMA's averaging profile at `nimg` (`traditional_sigma_rel`)."""
+        return traditional_sigma_rel(nimg, batch_size, self.halflife_nimg, self.rampup_ratio)
+
+    def save_snapshots(
+        self,
+        directory: str | os.PathLike,
+        net: torch.nn.Module,
+        nimg: int,
+        config: Mapping[str, Any] | None = None,
+        dtype: torch.dtype = torch.float16,
+        batch_size: int | None = None,
+        **meta: Any,
+    ) -> list[Path]:
+        """Write `ema-{nimg:012d}-traditional.safetensors` (one file; with `batch_size`, the training batch
+        and the profile's `sigma_rel_equivalent` are recorded too)."""
+        if config is None:
+            config = getattr(net, "config", None) or {}
+        path = Path(directory) / files.traditional_snapshot_name(nimg)
+        extra = {}
+        if batch_size is not None:
+            extra = {"batch": int(batch_size), "sigma_rel_equivalent": self.sigma_rel(nimg, batch_size)}
+        files.save_network(
+            path,
+            self.averaged_state_dict(net),
+            config,
+            dtype=dtype,
+            nimg=int(nimg),
+            ema="traditional",
+            halflife_nimg=self.halflife_nimg,
+            rampup_ratio=self.rampup_ratio,
+            buffers=self.buffer_names(net),
+            **extra,
+            **meta,
+        )
+        return [path]
+
+
+def _with_params(net: torch.nn.Module, ema: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`net.state_dict()` with the parameters replaced by `ema` (name -> tensor) and the live buffers."""
+    by_id = {id(p): name for name, p in net.named_parameters()}  # tied parameters share one EMA
+    aliases = {name: by_id[id(p)] for name, p in net.named_parameters(remove_duplicate=False)}
+    return {
+        key: (ema[aliases[key]] if key in aliases else value.detach()).clone()
+        for key, value in net.state_dict(keep_vars=True).items()
+    }
+
+
+def make_ema(net: torch.nn.Module, cfg: Any) -> PowerFunctionEMA | TraditionalEMA:
+    """The EMA a training config asks for: `ema: power` (sigma_rels) or `ema: traditional` (half-life)."""
+    if cfg.ema == "traditional":
+        return TraditionalEMA(net, cfg.ema_halflife_nimg, cfg.ema_rampup_ratio)
+    return PowerFunctionEMA(net, cfg.sigma_rels)

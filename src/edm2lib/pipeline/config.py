@@ -8,6 +8,8 @@ which seeds a block holds) is computed here, so it is testable without Snakemake
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -173,11 +175,47 @@ def _check_references(config: dict) -> None:
             continue
         for nimg in config["phema"]["nimg"]:
             _resolve_nimg(config, name, nimg, "phema.nimg")
+    _check_ablation(config)
     rounded = [f"{s:.3f}" for s in config["phema"]["sigma_rel"]]
     if len(set(rounded)) != len(rounded):
         raise ValueError(
             f"config: phema.sigma_rel: values must differ in the first 3 decimals (got {rounded})"
         )
+
+
+TRADITIONAL_ONLY = ("ema_halflife_nimg", "ema_rampup_ratio")  # run keys that need a traditional EMA
+
+
+def _check_ablation(config: dict) -> None:
+    """Per-run ladder keys that cannot work together (docs/ablation.md), one line each; the letter and
+    `ema` values themselves are checked by the schema."""
+    for name in official_runs(config):
+        for key in ("ablation", "ema"):
+            if key in config["runs"][name]:
+                raise ValueError(f"config: runs.{name}.{key}: a released run has no training recipe")
+    traditional = []
+    for name in [r for r in config["runs"] if r not in official_runs(config)]:
+        run = config["runs"][name]
+        try:
+            kind = resolved_training(run).ema
+        except ValueError as e:
+            raise ValueError(f"config: runs.{name}: {e}") from None
+        given = [k for k in TRADITIONAL_ONLY if run.get(k) is not None]
+        if kind != "traditional" and given:
+            raise ValueError(
+                f"config: runs.{name}.{given[0]}: only a traditional EMA has a half-life, and this run's "
+                f"EMA is '{kind}' (ablation {run.get('ablation') or 'G'}); set runs.{name}.ema: "
+                f"traditional or drop the key (ema: power | traditional; A's default is traditional)"
+            )
+        if kind == "traditional":
+            traditional.append(name)
+    for g, setting in config["guidance"].items():
+        guide = setting.get("guide")
+        if guide is not None and guide["run"] in traditional:
+            raise ValueError(
+                f"config: guidance.{g}.guide.run: run {guide['run']!r} has a traditional EMA (one network, "
+                f"no post-hoc reconstruction); guide with a power-function EMA run"
+            )
 
 
 def _resolve_nimg(config: dict, run: str, nimg: int | str, key: str) -> int:
@@ -215,10 +253,63 @@ def points(config: dict) -> list[Point]:
                 out.append(Point(run, nimg, p["sigma_rel"], p["guidance"]))
             continue
         for nimg in config["phema"]["nimg"]:
-            for sigma_rel in config["phema"]["sigma_rel"]:
+            nimg = _resolve_nimg(config, run, nimg, "phema.nimg")
+            traditional = _traditional_sigma_rel(config, run, nimg)
+            grid = config["phema"]["sigma_rel"] if traditional is None else [traditional]  # A: one EMA
+            for sigma_rel in grid:
                 for g in run_guidance(config, run):
-                    out.append(Point(run, _resolve_nimg(config, run, nimg, "phema.nimg"), sigma_rel, g))
+                    out.append(Point(run, nimg, sigma_rel, g))
     return out
+
+
+def _traditional_sigma_rel(config: dict, run: str, nimg: int) -> float | None:
+    """The one sigma_rel of a traditional-EMA run at `nimg` (docs/ablation.md), None for post-hoc runs."""
+    return traditional_sigma_rel(config["runs"][run], nimg)
+
+
+# pipeline run keys that are not TrainConfig keys, or are named differently there
+_RENAMED = {"ema_sigma_rel": "sigma_rels"}
+_PIPELINE_ONLY = {"conditional", "guidance"}
+
+
+def training_config(run: Mapping[str, Any], data: str, run_dir: str) -> dict[str, Any]:
+    """The `edm2lib.training` config of one `runs.<name>` entry (None values keep the preset's)."""
+    values: dict[str, Any] = {"data": str(data), "run_dir": str(run_dir)}
+    for key, value in run.items():
+        if key in _PIPELINE_ONLY or value is None:
+            continue
+        values[_RENAMED.get(key, key)] = value
+    if not run.get("conditional", True):
+        values["network"] = {**values.get("network", {}), "label_dim": 0}  # unconditional (CFG guide)
+    return values
+
+
+_DUMMY_DATA, _DUMMY_DIR = "data.h5", "runs/_"  # `TrainConfig.from_dict` never opens them
+
+
+def resolved_training(run: Mapping[str, Any]) -> Any:
+    """The `TrainConfig` a `runs.<name>` entry trains with (preset, recipe of its letter, overrides)."""
+    from edm2lib.training.config import TrainConfig
+
+    return TrainConfig.from_dict(training_config(run, _DUMMY_DATA, _DUMMY_DIR))
+
+
+def traditional_sigma_rel(run: Mapping[str, Any], nimg: int) -> float | None:
+    """sigma_rel (3 decimals) of a traditional-EMA run's snapshot at `nimg` (the std of its averaging
+    profile over `nimg`, as EDM2 Fig. 5a places CONFIG A); None for a power-function EMA or a released run."""
+    if run.get("source") is not None:
+        return None
+    return _traditional_sigma_rel_of(json.dumps(json_plain(run), sort_keys=True), int(nimg))
+
+
+@functools.lru_cache(maxsize=1024)
+def _traditional_sigma_rel_of(run_json: str, nimg: int) -> float | None:  # the DAG asks once per point
+    from edm2lib.phema.ema import traditional_sigma_rel as profile_sigma_rel
+
+    cfg = resolved_training(json.loads(run_json))
+    if cfg.ema != "traditional":
+        return None
+    return round(profile_sigma_rel(nimg, cfg.batch, cfg.ema_halflife_nimg, cfg.ema_rampup_ratio), 3)
 
 
 def guide_target(config: dict, point: Point) -> tuple[str, int, float] | None:

@@ -21,6 +21,7 @@ import yaml
 
 from edm2lib import files
 from edm2lib.files import atomic_write_text, read_network_meta
+from edm2lib.pipeline.config import training_config
 
 
 def run_step(log_path: str | Path, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
@@ -131,23 +132,6 @@ def table(
     from edm2lib.pipeline.table import write_results
 
     return write_results(list(metric_paths), out_csv, out_png, list(floor_paths))
-
-
-# pipeline run keys that are not TrainConfig keys, or are named differently there
-_RENAMED = {"ema_sigma_rel": "sigma_rels"}
-_PIPELINE_ONLY = {"conditional", "guidance"}
-
-
-def training_config(run: Mapping[str, Any], data: str, run_dir: str) -> dict[str, Any]:
-    """The `edm2lib.training` config of one `runs.<name>` entry (None values keep the preset's)."""
-    values: dict[str, Any] = {"data": str(data), "run_dir": str(run_dir)}
-    for key, value in run.items():
-        if key in _PIPELINE_ONLY or value is None:
-            continue
-        values[_RENAMED.get(key, key)] = value
-    if not run.get("conditional", True):
-        values["network"] = {**values.get("network", {}), "label_dim": 0}  # unconditional (CFG guide)
-    return values
 
 
 def train_config(run: Mapping[str, Any], data: str, out_yaml: str | Path) -> dict[str, Any]:
@@ -300,10 +284,16 @@ def write_trained(
             f"{config_yaml}: identity {cfg.identity_hash()} is not the workflow's {identity}; "
             f"rerun the train_config rule"
         )
-    metas = {p: read_network_meta(p) for p in find_snapshots(Path(cfg.run_dir) / "snapshots")}
+    snapshot_dir = Path(cfg.run_dir) / "snapshots"
+    if cfg.ema == "traditional":  # CONFIG A: one EMA, no reconstruction inputs (docs/ablation.md)
+        found = sorted(snapshot_dir.glob(files.TRADITIONAL_SNAPSHOT_GLOB))
+        final = [snapshot_dir / files.traditional_snapshot_name(cfg.duration)]
+    else:
+        found = find_snapshots(snapshot_dir)
+        final = [snapshot_dir / files.snapshot_name(cfg.duration, s) for s in cfg.sigma_rels]
+    metas = {p: read_network_meta(p) for p in found}
     mine = cfg.identity_hash()
     snapshots = [p for p, m in metas.items() if m.get("identity") == mine and m["nimg"] <= cfg.duration]
-    final = [Path(cfg.run_dir) / "snapshots" / files.snapshot_name(cfg.duration, s) for s in cfg.sigma_rels]
     missing = [str(p) for p in final if p not in snapshots]
     if missing:
         raise FileNotFoundError(
@@ -314,6 +304,7 @@ def write_trained(
         "run_dir": cfg.run_dir,
         "duration": cfg.duration,
         "identity": cfg.identity_hash(),
+        "ema": cfg.ema,
         "snapshots": [str(p) for p in snapshots],
     }
     atomic_write_text(out_json, json.dumps(record, indent=1) + "\n")
@@ -331,8 +322,11 @@ def phema(trained_json: str | Path, targets: Sequence[Sequence[float]], out_dir:
     """Post-hoc EMA reconstructions (nimg, sigma_rel) of a trained run into `out_dir`, one pass per time."""
     from edm2lib.phema.reconstruct import reconstruct
 
-    snapshots = json.loads(Path(trained_json).read_text())["snapshots"]
+    record = json.loads(Path(trained_json).read_text())
+    snapshots = record["snapshots"]
     Path(out_dir).mkdir(parents=True, exist_ok=True)
+    if record.get("ema") == "traditional":
+        return _traditional_phema(snapshots, targets, out_dir)
     outputs = []
     for nimg, sigma_rels in sorted(_targets_by_time(targets).items()):
         outputs += reconstruct(snapshots, sigma_rels, nimg, out_dir=out_dir, progress=False)
@@ -341,10 +335,44 @@ def phema(trained_json: str | Path, targets: Sequence[Sequence[float]], out_dir:
     return outputs
 
 
+def _traditional_phema(
+    snapshots: Sequence[str], targets: Sequence[Sequence[float]], out_dir: str | Path
+) -> list[Path]:
+    """A traditional-EMA run (CONFIG A) has no post-hoc EMA: each target is its snapshot at that time,
+    copied under the phema name of the profile's sigma_rel (`pipeline.ablation.traditional_sigma_rel`)."""
+    import shutil
+
+    by_nimg = {read_network_meta(p)["nimg"]: Path(p) for p in snapshots}
+    outputs = []
+    for nimg, sigma_rel in targets:
+        if int(nimg) not in by_nimg:
+            raise ValueError(f"traditional EMA: no snapshot at nimg {int(nimg)}; have {sorted(by_nimg)}")
+        src = by_nimg[int(nimg)]
+        equivalent = read_network_meta(src)["sigma_rel_equivalent"]
+        if round(equivalent, 3) != round(float(sigma_rel), 3):
+            raise ValueError(
+                f"{src}: its EMA profile has sigma_rel {equivalent:.3f}, not the target "
+                f"{float(sigma_rel):.3f}; a traditional EMA cannot be reconstructed at other lengths"
+            )
+        out = Path(out_dir) / files.phema_name(int(nimg), float(sigma_rel))
+        with files.atomic_path(out) as tmp:
+            shutil.copyfile(src, tmp)
+        print(f"{out}: the traditional EMA snapshot {src.name} itself (sigma_rel {equivalent:.4f})")
+        outputs.append(out)
+    return outputs
+
+
 def phema_plot(trained_json: str | Path, targets: Sequence[Sequence[float]], out_png: str | Path) -> None:
-    """PNG of a run's target EMA profiles and their reconstructions from its snapshots."""
+    """PNG of a run's target EMA profiles and their reconstructions from its snapshots (a traditional
+    EMA: its averaging profile next to the power-function profile of the same sigma_rel)."""
     from edm2lib.phema.plot import plot_profiles
 
+    record = json.loads(Path(trained_json).read_text())
+    if record.get("ema") == "traditional":
+        from edm2lib.pipeline.ablation import plot_traditional_profile
+
+        plot_traditional_profile(record["snapshots"], targets, out_png)
+        return
     metas = [read_network_meta(p) for p in json.loads(Path(trained_json).read_text())["snapshots"]]
     nimg, sigma_rel = zip(*targets)
     plot_profiles([m["nimg"] for m in metas], [m["sigma_rel"] for m in metas], nimg, sigma_rel, out_png)
@@ -435,6 +463,37 @@ def official_refs(
     )
     print(json.dumps(metas, default=str))
     return metas
+
+
+# --- the paper's own experiments: configs A..G (docs/ablation.md) ---
+
+
+def dynamics(trained_json: str | Path, out_png: str | Path, title: str) -> int:
+    """results/dynamics-<run>.png: a run's activation and weight magnitudes (EDM2 Fig. 15 layout)."""
+    from edm2lib.pipeline.ablation import dynamics as plot
+
+    return plot(trained_json, out_png, title)
+
+
+def ablation(
+    metric_paths: Sequence[str],
+    runs: Mapping[str, Mapping[str, Any]],
+    phema_dirs: Mapping[str, str],
+    detectors: Sequence[str],
+    unguided: Sequence[str],
+    out_csv: str | Path,
+) -> list[dict[str, Any]]:
+    """results/ablation_table.csv: per run its letter, U-Net parameters, FLOPs of one forward at batch 1
+    (FlopCounterMode), EMA kind, and its best unguided point by the first detector's metric."""
+    from edm2lib.pipeline.ablation import ablation_rows, net_config_of, write_ablation_table
+    from edm2lib.pipeline.table import METRICS, collect
+
+    scores = [r for r in collect(list(metric_paths)) if r["guidance"] in unguided]
+    nets = {name: net_config_of(phema_dirs[name]) for name in runs}
+    rows = ablation_rows(runs, scores, nets, [METRICS.get(d, d) for d in detectors])
+    write_ablation_table(rows, out_csv)
+    print(json.dumps(rows, indent=1, default=str))
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,8 @@ from edm2lib.nn.ladder import LETTERS
 
 DTYPES = ("fp32", "bf16", "fp16")
 REQUEUE = ("auto", "always", "never")
+EMAS = ("power", "traditional")
+TRADITIONAL_KEYS = ("ema", "ema_halflife_nimg", "ema_rampup_ratio")  # identity keys only of a traditional EMA
 _MI = 2**20
 
 # keys that change how training runs but not what it computes (docs/training.md: resume); `duration` is not
@@ -41,6 +43,9 @@ class TrainConfig:
     P_mean: float = -0.4  # mean of ln(sigma) in training (EDM2 App. B.2, Fig. 22)
     P_std: float = 1.0  # std of ln(sigma) in training (EDM2 App. B.2, Fig. 22)
     sigma_rels: tuple[float, ...] = (0.05, 0.10)  # power-function EMA widths tracked online (EDM2 sec. 3)
+    ema: str = "power"  # 'power' (EDM2 Sec. 3, post hoc) or 'traditional' (EDM's half-life EMA, CONFIG A)
+    ema_halflife_nimg: float = 50_000_000  # traditional EMA half-life in images (EDM2 Fig. 16: 50 Mimg)
+    ema_rampup_ratio: float | None = 0.05  # traditional EMA: half-life <= ratio x nimg (EDM); None: no ramp
     snapshot_nimg: int = 8 * _MI  # EMA snapshot interval in images (0: only at the end)
     checkpoint_nimg: int = 128 * _MI  # checkpoint interval in images (0: none), besides the time interval
     checkpoint_minutes: float = 10.0  # checkpoint at least this often (0: no time-based checkpoints)
@@ -132,7 +137,7 @@ class TrainConfig:
             raise ValueError(
                 f"config key 'batch_gpu' must be a positive integer or null, got {self.batch_gpu!r}"
             )
-        for key in ("duration", "snapshot_nimg", "checkpoint_nimg", "status_nimg"):
+        for key in ("duration", "snapshot_nimg", "checkpoint_nimg", "status_nimg", "telemetry_nimg"):
             if getattr(self, key) % self.batch:
                 raise ValueError(
                     f"config key '{key}' = {getattr(self, key)} is not a multiple of the batch {self.batch}"
@@ -160,6 +165,16 @@ class TrainConfig:
         if not all(0 < s < math.sqrt(1 / 12) for s in self.sigma_rels) or not self.sigma_rels:
             raise ValueError(
                 f"config key 'sigma_rels' must be values in (0, 0.2887), got {list(self.sigma_rels)}"
+            )
+        if self.ema not in EMAS:
+            raise ValueError(f"config key 'ema' must be one of {EMAS}, got {self.ema!r}")
+        if not 0 < self.ema_halflife_nimg < math.inf:
+            raise ValueError(
+                f"config key 'ema_halflife_nimg' must be positive and finite, got {self.ema_halflife_nimg!r}"
+            )
+        if self.ema_rampup_ratio is not None and not 0 < self.ema_rampup_ratio < math.inf:
+            raise ValueError(
+                f"config key 'ema_rampup_ratio' must be positive or null, got {self.ema_rampup_ratio!r}"
             )
         if self.dtype not in DTYPES:
             raise ValueError(f"config key 'dtype' must be one of {DTYPES}, got {self.dtype!r}")
@@ -218,8 +233,10 @@ class TrainConfig:
 
 
 def identity_of(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The identity keys of a `TrainConfig.to_dict()` (e.g. the config stored in a checkpoint)."""
-    return {k: v for k, v in sorted(config.items()) if k not in RUNTIME_KEYS}
+    """The identity keys of a `TrainConfig.to_dict()` (e.g. the config stored in a checkpoint); the
+    traditional-EMA keys count only for a traditional EMA, so power-EMA identities predate them."""
+    skip = RUNTIME_KEYS | (set() if config.get("ema", "power") == "traditional" else set(TRADITIONAL_KEYS))
+    return {k: v for k, v in sorted(config.items()) if k not in skip}
 
 
 def identity_hash(identity: Mapping[str, Any]) -> str:

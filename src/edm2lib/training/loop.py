@@ -25,7 +25,7 @@ from edm2lib import distributed, files
 from edm2lib.data.dataset import LatentDataset, open_dataset
 from edm2lib.nn.layers import MPConv
 from edm2lib.nn.networks import Precond
-from edm2lib.phema.ema import PowerFunctionEMA
+from edm2lib.phema.ema import make_ema
 from edm2lib.training import checkpoint, preempt, telemetry
 from edm2lib.training.compiled import LossStep, wants_compile
 from edm2lib.training.config import TrainConfig, identity_changes, identity_of
@@ -93,7 +93,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(
             self.params, lr=0.0, betas=cfg.adam_betas, eps=1e-8, fused=self.fused
         )
-        self.ema = PowerFunctionEMA(self.net, cfg.sigma_rels)
+        self.ema = make_ema(self.net, cfg)  # power-function (B-G) or traditional (A), per `cfg.ema`
         self.sampler = ShardedSampler(
             len(self.dataset), cfg.seed, self.dist.rank, self.dist.world_size, self.batch_gpu
         )
@@ -403,8 +403,8 @@ class Trainer:
             self.probe = telemetry.make_probe(
                 self.dataset, cfg.telemetry_probe, cfg.seed, cfg.P_mean, cfg.P_std
             )
-        ema_net = copy.deepcopy(self.net)  # the longest tracked EMA, as plotted in EDM2 Fig. 15
-        ema_net.load_state_dict(self.ema.snapshot_state_dict(self.net, max(self.ema.sigma_rels)))
+        ema_net = copy.deepcopy(self.net)  # the longest tracked EMA (or A's one), as plotted in EDM2 Fig. 15
+        ema_net.load_state_dict(self.ema.averaged_state_dict(self.net))
         records = [
             telemetry.measure(n, self.probe, self.nimg, w) for n, w in ((self.net, "raw"), (ema_net, "ema"))
         ]
@@ -419,6 +419,7 @@ class Trainer:
             encoder=self.dataset.encoder,
             source=f"edm2lib training run {self.run_dir.name}",
             identity=self.cfg.identity_hash(),
+            **({"batch_size": self.cfg.batch} if self.cfg.ema == "traditional" else {}),
         )
         self.log(f"snapshots {', '.join(p.name for p in paths)}")
 

@@ -8,6 +8,7 @@ from typing import Any
 from edm2lib.nn.ladder import LETTERS, switches
 
 ADM_P_MEAN, ADM_P_STD = -1.2, 1.2  # EDM's ImageNet-64 noise levels, kept by CONFIG A (EDM2 App. B.1)
+A_HALFLIFE_NIMG, PAPER_DURATION = 50_000_000, 2**31  # CONFIG A's EMA half-life of its 2^31 images (Fig. 16)
 
 
 def recipe(letter: str, preset_training: dict[str, Any]) -> dict[str, Any]:
@@ -15,7 +16,8 @@ def recipe(letter: str, preset_training: dict[str, Any]) -> dict[str, Any]:
 
     G is the preset unchanged. A-F, per EDM2 Figs. 16-21 (the ImageNet-512 S column; relative where the
     preset sets the scale): A doubles the batch (4096 at S), lr 1e-4, Adam beta2 0.999, ln(sigma) ~
-    N(-1.2, 1.2^2); A-C lr 2e-4 (B, C) and loss scaling 100; A-D a constant lr after the warm-up
+    N(-1.2, 1.2^2) and a traditional EMA whose half-life is the paper's share of the run (50 Mimg of
+    2^31, ramp-up 0.05 as EDM); A-C lr 2e-4 (B, C) and loss scaling 100; A-D a constant lr after the warm-up
     (t_ref = inf, EDM2 App. B.5); D-F keep the preset's lr. Every value is a default the training
     config may override.
     """
@@ -34,6 +36,8 @@ def recipe(letter: str, preset_training: dict[str, Any]) -> dict[str, Any]:
         values["lr_ref"] = 1e-4  # EDM2 App. B.1 (EDM's ImageNet-64 recipe)
         values["adam_betas"] = [0.9, 0.999]  # EDM2 App. B.2: B lowers beta2 to 0.99
         values["P_mean"], values["P_std"] = ADM_P_MEAN, ADM_P_STD
+        values["ema"] = "traditional"  # EDM2 App. B.1: EDM's EMA, half-life 50 Mimg of 2^31 (Fig. 16)
+        values["ema_halflife_nimg"] = round(A_HALFLIFE_NIMG * values["duration"] / PAPER_DURATION)
         for key in ("duration", "snapshot_nimg", "checkpoint_nimg", "status_nimg"):
             values[key] = _multiple(values[key], values["batch"])
     return values

@@ -159,6 +159,7 @@ def plot_dynamics(records: list[dict[str, Any]], out: str | os.PathLike, title: 
     buckets = sorted({b for r in records for b in r["activations"]}, key=_bucket_order)
     cmap = plt.get_cmap("tab10")
     for ax, (kind, stat) in zip(axes, panels):
+        top = 0.0
         for k, bucket in enumerate(buckets):
             for which, style in (("ema", "-"), ("raw", ":")):
                 rows = [r for r in records if r["net"] == which and bucket in r[kind]]
@@ -166,9 +167,10 @@ def plot_dynamics(records: list[dict[str, Any]], out: str | os.PathLike, title: 
                     xs = [r["nimg"] for r in rows]
                     ys = [r[kind][bucket][stat] for r in rows]
                     ax.plot(xs, ys, style, color=cmap(k % 10), label=bucket if which == "ema" else None)
+                    top = max(top, *ys)
         ax.set_title(f"{kind} ({stat})")
         ax.set_xlabel("training images")
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, 1.1 * top if top > 0 else 1.0)  # flat lines (forced weight norm: 1) stay inside
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle(title or "magnitudes per bucket (EMA solid, raw dotted; EDM2 Fig. 15)")
     fig.tight_layout()
