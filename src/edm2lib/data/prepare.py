@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import multiprocessing as mp
 import os
 import sys
@@ -233,3 +234,37 @@ def prepare_dataset(
         "seconds": seconds,
         "images_per_s": n / seconds if seconds > 0 else float("inf"),
     }
+
+
+def prepare_heldout(
+    source: str, path: str | None, resolution: int, transform: str, out_h5: str | os.PathLike
+) -> dict[str, Any]:
+    """The source's held-out split as an images.h5 with the data set's transform (Fashion-MNIST: its 10k
+    test images; other sources have no held-out split)."""
+    from edm2lib.data.fashion_mnist import CLASS_NAMES, fashion_mnist_arrays
+
+    if source != "fashion-mnist":
+        raise ValueError(
+            f"data.source {source!r} has no held-out split; the classifier detector and the floor "
+            "(metrics.detectors: classifier, metrics.floor) need data.source fashion-mnist"
+        )
+    where, names, images, labels = fashion_mnist_arrays(path)
+    test = [i for i, n in enumerate(names) if n.startswith("test/")]
+    out = np.stack([transform_image(images[i], resolution, transform) for i in test])
+    meta = {
+        "format": IMAGES_FORMAT,
+        "encoder": '{"kind": "pixels"}',
+        "source": f"fashion-mnist:{where}",
+        "split": "test",
+        "transform": transform,
+        "resolution": resolution,
+        "count": len(out),
+        "skipped": 0,
+    }
+    with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("images", data=out, chunks=(1, *out.shape[1:]))
+        f.create_dataset("labels", data=labels[test].astype(np.int64))
+        f.create_dataset("class_names", data=np.asarray(CLASS_NAMES, dtype=object), dtype=h5py.string_dtype())
+        f.attrs.update(meta)
+    print(json.dumps(meta))
+    return meta

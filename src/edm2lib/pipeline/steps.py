@@ -496,32 +496,15 @@ def ablation(
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) != 3 or argv[0] != "trained":
-        print("usage: python -m edm2lib.pipeline.steps trained TRAINING_YAML OUT_JSON", file=sys.stderr)
-        return 2
-    try:
-        write_trained(argv[1], argv[2])
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # --- the data-specific detector (docs/metrics.md, "Data-specific detector") and the reference floor ---
 
 
 def heldout(data: Mapping[str, Any], out_h5: str | Path) -> dict[str, Any]:
     """data/<name>/heldout.h5: the source's held-out split (Fashion-MNIST: the 10k test images), with the
     data set's transform and resolution, never seen by training or the reference statistics."""
-    from edm2lib.pipeline.table import write_heldout
+    from edm2lib.data.prepare import prepare_heldout
 
-    return write_heldout(data, out_h5)
+    return prepare_heldout(data["source"], data.get("path"), data["resolution"], data["transform"], out_h5)
 
 
 def detector(
@@ -556,3 +539,20 @@ def class_grid(samples_h5: str, images_h5: str, out_png: str, per_class: int = 8
     from edm2lib.pipeline.table import plot_class_grid
 
     return plot_class_grid(samples_h5, images_h5, out_png, per_class)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 3 or argv[0] != "trained":
+        print("usage: python -m edm2lib.pipeline.steps trained TRAINING_YAML OUT_JSON", file=sys.stderr)
+        return 2
+    try:
+        write_trained(argv[1], argv[2])
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -292,43 +292,6 @@ def check_dataset(det: Any, images_h5: str | os.PathLike) -> None:
         )
 
 
-def write_heldout(data: Mapping[str, Any], out_h5: str | os.PathLike) -> dict[str, Any]:
-    """The source's held-out split as an images.h5 with the data set's transform (Fashion-MNIST: its 10k
-    test images; other sources have no held-out split)."""
-    import h5py
-    import numpy as np
-
-    from edm2lib.data.dataset import IMAGES_FORMAT
-    from edm2lib.data.fashion_mnist import CLASS_NAMES, fashion_mnist_arrays
-    from edm2lib.data.transforms import convert
-
-    if data["source"] != "fashion-mnist":
-        raise ValueError(
-            f"data.source {data['source']!r} has no held-out split; the classifier detector and the floor "
-            "(metrics.detectors: classifier, metrics.floor) need data.source fashion-mnist"
-        )
-    where, names, images, labels = fashion_mnist_arrays(data.get("path"))
-    test = [i for i, n in enumerate(names) if n.startswith("test/")]
-    out = np.stack([convert(images[i], data["resolution"], data["transform"]) for i in test])
-    meta = {
-        "format": IMAGES_FORMAT,
-        "encoder": '{"kind": "pixels"}',
-        "source": f"fashion-mnist:{where}",
-        "split": "test",
-        "transform": data["transform"],
-        "resolution": data["resolution"],
-        "count": len(out),
-        "skipped": 0,
-    }
-    with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("images", data=out, chunks=(1, *out.shape[1:]))
-        f.create_dataset("labels", data=labels[test].astype(np.int64))
-        f.create_dataset("class_names", data=np.asarray(CLASS_NAMES, dtype=object), dtype=h5py.string_dtype())
-        f.attrs.update(meta)
-    print(json.dumps(meta))
-    return meta
-
-
 def _labelled_images(path: str | os.PathLike) -> tuple[Any, Any, list[str]]:
     import h5py
     import numpy as np
