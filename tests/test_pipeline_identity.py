@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from edm2lib import distributed
+from edm2lib import distributed, files
 from edm2lib.pipeline import steps
 from edm2lib.training import checkpoint
 from edm2lib.training.config import RUNTIME_KEYS, TrainConfig
@@ -131,7 +131,7 @@ def test_preemption_or_signal_exits_75_for_the_retry_to_resume(tmp_path, monkeyp
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: done)
     with pytest.raises(SystemExit) as exit_:
         steps.train(str(config_yaml), str(tmp_path / "trained.json"), "x", attempt=1)
-    assert exit_.value.code == 75 and not (tmp_path / steps.FAILED).exists()
+    assert exit_.value.code == 75 and not (tmp_path / files.RUN_FAILED).exists()
 
 
 def test_device_auto_is_cpu_without_cuda_devices_and_an_error_when_cuda_fails(monkeypatch):
@@ -192,7 +192,7 @@ def test_stale_run_stops_before_the_ranks_start_naming_the_keys_and_the_forcerun
     message = str(err.value)
     assert calls == [] and "\n" not in message and "lr_ref: 0.01 -> 0.02" in message
     assert "--forcerun runs/tiny/trained.json" in message and f"stale-{old}" in message
-    assert json.loads((run / steps.FAILED).read_text())["error"] == message
+    assert json.loads((run / files.RUN_FAILED).read_text())["error"] == message
     steps.request_fresh(run, "another-config")  # a request for another config is no consent
     with pytest.raises(ValueError, match="another identity"):
         steps.train(str(config_yaml), "runs/tiny/trained.json", new, attempt=1)
@@ -215,7 +215,7 @@ def test_forced_stale_run_sets_its_state_aside_whole_and_trains_afresh(tmp_path,
         for k, v in _run_files(run).items()
         if k.startswith(stale.name)
     }  # every file of the old identity, moved unchanged
-    assert not (run / "checkpoints").exists() and not (run / steps.FRESH).exists()
+    assert not (run / "checkpoints").exists() and not (run / files.RUN_FRESH).exists()
     (run / "checkpoints").mkdir()  # the same identity set aside again goes next to it
     assert steps.set_aside(run, old) == run / f"stale-{old}-2"
 

@@ -24,6 +24,16 @@ if TYPE_CHECKING:  # torch is imported where tensors are handled: metadata and a
 NETWORK_FORMAT = "edm2lib.network/1"  # metadata["edm2lib"]["format"] of every network file
 META_KEY = "edm2lib"  # safetensors metadata is str -> str: all our metadata is one JSON string
 
+# what a run directory runs/<run>/ holds (docs/ARCHITECTURE.md, "Data flow")
+RUN_LOG = "log.txt"  # the human-readable training log
+RUN_STATS = "stats.jsonl"  # one JSON record per status interval (append-only, torn-line tolerant)
+RUN_TELEMETRY = "telemetry.jsonl"  # magnitude telemetry records (EDM2 Fig. 15), append-only
+RUN_FAILED = "failed.json"  # a deterministic training failure, not to be retried
+RUN_FRESH = "fresh.json"  # this invocation forced the train job (it may start afresh)
+RUN_STALE = "stale-{identity}"  # a run's state set aside by a forced train job of another identity
+RUN_STATE = ("checkpoints", "snapshots", RUN_LOG, RUN_STATS, RUN_TELEMETRY)  # what training writes there
+CHECKPOINT_STATE = "state.json"  # inside ckpt-<nimg>/: counters, config and checksums
+
 _POINT = re.compile(r"^(\d{12})-(\d+\.\d{3})-([A-Za-z0-9_]+)$")
 _CHECKPOINT = re.compile(r"^ckpt-(\d{12})$")
 _OFFICIAL = re.compile(r"-(\d+)-(\d+\.\d+)\.pkl$")  # official `...-{kimg:07d}-{sigma_rel:.3f}.pkl`

@@ -135,7 +135,7 @@ def dynamics(trained_json: str | os.PathLike, out_png: str | os.PathLike, title:
     from edm2lib.training.telemetry import plot_dynamics
 
     run_dir = Path(json.loads(Path(trained_json).read_text())["run_dir"])
-    records = files.read_jsonl(run_dir / "telemetry.jsonl")
+    records = files.read_jsonl(run_dir / files.RUN_TELEMETRY)
     if not records:
         raise ValueError(f"{run_dir}/telemetry.jsonl: no records; set runs.<run>.telemetry_nimg > 0")
     plot_dynamics(records, out_png, title)

@@ -152,21 +152,14 @@ def training_identity(run: Mapping[str, Any], data: str, run_dir: str) -> str:
     return TrainConfig.from_dict(training_config(run, data, run_dir)).identity_hash()
 
 
-FAILED = "failed.json"  # runs/<run>/failed.json: a deterministic training failure, not to be retried
-FRESH = "fresh.json"  # runs/<run>/fresh.json: this invocation forced the train job (may start afresh)
-STALE = "stale-{identity}"  # runs/<run>/stale-<identity>/: a run's state set aside by a forced train job
-# what training writes into runs/<run>/ (a forced job of another identity sets it aside)
-TRAINING_STATE = ("checkpoints", "snapshots", "log.txt", "stats.jsonl", "telemetry.jsonl")
-
-
 def request_fresh(run_dir: str | Path, identity: str) -> None:
     """Mark the train job of `run_dir` as forced (Snakefile `onstart`): a stale run's state is set aside."""
-    atomic_write_text(Path(run_dir) / FRESH, json.dumps({"identity": identity}) + "\n")
+    atomic_write_text(Path(run_dir) / files.RUN_FRESH, json.dumps({"identity": identity}) + "\n")
 
 
 def clear_fresh_request(run_dir: str | Path) -> None:
     """Drop a request left by an earlier invocation (`onstart` of one that does not force the job)."""
-    (Path(run_dir) / FRESH).unlink(missing_ok=True)
+    (Path(run_dir) / files.RUN_FRESH).unlink(missing_ok=True)
 
 
 def _checkpoint_config(run_dir: Path) -> dict[str, Any] | None:
@@ -175,7 +168,7 @@ def _checkpoint_config(run_dir: Path) -> dict[str, Any] | None:
 
     for _, path in reversed(checkpoint.list_checkpoints(run_dir)):
         with contextlib.suppress(OSError, ValueError, KeyError):
-            return json.loads((path / "state.json").read_text())["config"]
+            return json.loads((path / files.CHECKPOINT_STATE).read_text())["config"]
     return None
 
 
@@ -184,10 +177,10 @@ def set_aside(run_dir: str | Path, identity: str) -> Path | None:
     into a new runs/<run>/stale-<identity>/ folder, one rename per entry: nothing is deleted. None if the
     run has no state."""
     run_dir = Path(run_dir)
-    entries = [run_dir / name for name in TRAINING_STATE if (run_dir / name).exists()]
+    entries = [run_dir / name for name in files.RUN_STATE if (run_dir / name).exists()]
     if not entries:
         return None
-    base = dest = run_dir / STALE.format(identity=identity)
+    base = dest = run_dir / files.RUN_STALE.format(identity=identity)
     n = 1
     while dest.exists():  # the same identity set aside before
         n += 1
@@ -215,8 +208,8 @@ def stale_message(run_dir: str | Path, out_json: str, old: str, changes: Sequenc
     return (
         f"{run_dir}: trained with another identity (changed: {'; '.join(changes)}); to train it afresh "
         f"rerun with `--forcerun {out_json}` (its checkpoints and snapshots move to "
-        f"{Path(run_dir) / STALE.format(identity=old)}/), or give the run a new name, or restore the "
-        f"original values"
+        f"{Path(run_dir) / files.RUN_STALE.format(identity=old)}/), or give the run a new name, or restore "
+        "the original values"
     )
 
 
@@ -234,12 +227,12 @@ def train(config_yaml: str, out_json: str, identity: str, attempt: int, launch: 
     deterministic: its message is kept in runs/<run>/failed.json, and a retry (attempt > 1) repeats it at
     once instead of training again."""
     run_dir = Path(config_yaml).parent
-    failed = run_dir / FAILED
+    failed = run_dir / files.RUN_FAILED
     if attempt > 1 and failed.is_file():
         message = json.loads(failed.read_text())["error"]
         raise ValueError(f"not retried (a deterministic failure; retries are for preemption): {message}")
     failed.unlink(missing_ok=True)
-    fresh = run_dir / FRESH
+    fresh = run_dir / files.RUN_FRESH
     forced = fresh.is_file() and json.loads(fresh.read_text()).get("identity") == identity
     try:
         stale = identity_change(config_yaml)

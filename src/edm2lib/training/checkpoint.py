@@ -84,7 +84,7 @@ def save(
         files.save_tensors(tmp / "ema.safetensors", ema_state, meta)
         files.save_tensors(tmp / "rng.safetensors", rng_states, meta)
         body = {"format": FORMAT, **state, "nimg": int(nimg), "param_groups": groups}
-        (tmp / "state.json").write_text(json.dumps(body, indent=1, sort_keys=True))
+        (tmp / files.CHECKPOINT_STATE).write_text(json.dumps(body, indent=1, sort_keys=True))
         names = sorted(p.name for p in tmp.iterdir())
         (tmp / SUMS).write_text("".join(f"{files.sha256_file(tmp / n)}  {n}\n" for n in names))
     prune(run_dir, keep)
@@ -128,7 +128,10 @@ def verify(path: str | Path) -> None:
     for line in sums.read_text().splitlines():
         digest, _, name = line.partition("  ")
         listed[name] = digest
-    for required in ("state.json", *(f"{p}.safetensors" for p in ("net", "optimizer", "ema", "rng"))):
+    for required in (
+        files.CHECKPOINT_STATE,
+        *(f"{p}.safetensors" for p in ("net", "optimizer", "ema", "rng")),
+    ):
         if required not in listed:
             raise ValueError(f"{path}: {SUMS} does not list {required}")
     for name, digest in listed.items():
@@ -159,7 +162,7 @@ def load(path: str | Path) -> dict[str, Any]:
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: checkpoint directory not found")
     verify(path)
-    state = json.loads((path / "state.json").read_text())
+    state = json.loads((path / files.CHECKPOINT_STATE).read_text())
     if state.get("format") != FORMAT:
         raise ValueError(f"{path}: checkpoint format {state.get('format')!r}, expected {FORMAT}")
     out = {"state": state}

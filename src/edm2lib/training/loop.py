@@ -149,7 +149,7 @@ class Trainer:
         self.nonfinite_steps += int(state["nonfinite_steps"])
         self.log.truncate_stats(self.nimg)
         if self.dist.is_main:
-            files.truncate_jsonl(self.run_dir / "telemetry.jsonl", self.nimg)
+            files.truncate_jsonl(self.run_dir / files.RUN_TELEMETRY, self.nimg)
         self.log(f"resumed from {path} at nimg {self.nimg}: {self._describe()}")
 
     def _describe(self) -> str:
@@ -408,7 +408,7 @@ class Trainer:
         records = [
             telemetry.measure(n, self.probe, self.nimg, w) for n, w in ((self.net, "raw"), (ema_net, "ema"))
         ]
-        files.append_jsonl(self.run_dir / "telemetry.jsonl", records)
+        files.append_jsonl(self.run_dir / files.RUN_TELEMETRY, records)
 
     def _snapshot(self) -> None:
         paths = self.ema.save_snapshots(

@@ -26,8 +26,8 @@ class RunLog:
 
     def __init__(self, run_dir: Path, enabled: bool):
         self.enabled = enabled
-        self.text = run_dir / "log.txt"
-        self.stats = run_dir / "stats.jsonl"
+        self.text = run_dir / files.RUN_LOG
+        self.stats = run_dir / files.RUN_STATS
 
     def __call__(self, message: str) -> None:
         if self.enabled:
