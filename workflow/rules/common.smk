@@ -84,7 +84,11 @@ def all_floor(wildcards):
 
 
 def all_class_grids(wildcards):
-    return [f"results/grids/{p.run}/{p.name}.png" for p in POINTS]
+    """Samples by class, for runs trained here: a released model's data set (ImageNet) is not on disk."""
+    if config["data"]["source"] == "official":
+        return []
+    trained = [p for p in POINTS if not config["runs"][p.run].get("source", "").startswith("official")]
+    return [f"results/grids/{p.run}/{p.name}.png" for p in trained]
 
 
 def all_metrics(wildcards):

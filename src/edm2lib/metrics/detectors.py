@@ -127,8 +127,9 @@ def load_detector(
                 raise
     if path is None:
         net.reset_random(seed)
-        # the seed (and any reduced architecture) is part of the identity: stats of different nets never mix
-        label = sha = f"{RANDOM_INIT}(seed={seed}{', ' + repr(arch) if arch else ''})"
+        # the seed and any reduced architecture (keys sorted: the config order must not matter) are part of
+        # the identity: stats of different nets never mix
+        label = sha = f"{RANDOM_INIT}(seed={seed}{', ' + repr(dict(sorted(arch.items()))) if arch else ''})"
     else:
         load_weights_file(net, path)
         label = path.name

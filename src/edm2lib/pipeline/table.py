@@ -162,7 +162,7 @@ def plot_vs_paper(table_csv: str | os.PathLike, out_png: str | os.PathLike) -> i
         pairs = [
             (float(r[f"paper_{metric}"]), float(r[metric]), r)
             for r in rows
-            if r[f"paper_{metric}"] and r[metric]
+            if r.get(f"paper_{metric}") and r.get(metric)  # a metric not computed has no column
         ]
         count += len(pairs)
         for paper, ours, r in pairs:
