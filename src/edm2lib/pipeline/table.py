@@ -97,6 +97,11 @@ def score_point(
         nfe, images = int(f.attrs["nfe"]), len(f["images"])
     record = dict(point, nfe=nfe, images=images, random_init=bool(scores["random_init"]))
     record["class_acc"] = scores.get("class_acc_mean")
+    return _write_record(record, scores, out_json)
+
+
+def _write_record(record: dict[str, Any], scores: Mapping[str, Any], out_json: str | os.PathLike) -> dict:
+    """`record` plus each metric's score (min over the block) and detector identity, written as JSON."""
     for metric in METRICS.values():
         record[metric] = scores.get(f"{metric}_min")
         identity = scores["detectors"].get(metric)
@@ -386,12 +391,7 @@ def score_floor(
         "seeds": f"images {lo}-{hi - 1}", "block": block, "random_init": bool(scores["random_init"]),
         "class_acc": scores.get("class_acc_mean"),
     }  # fmt: skip
-    for metric in METRICS.values():
-        record[metric] = scores.get(f"{metric}_min")
-        identity = scores["detectors"].get(metric)
-        record[f"{metric}_detector"] = "" if identity is None else _describe(identity)
-    atomic_write_text(out_json, json.dumps(record, indent=1) + "\n")
-    return record
+    return _write_record(record, scores, out_json)
 
 
 def plot_class_grid(
