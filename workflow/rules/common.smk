@@ -3,6 +3,7 @@ import re
 
 from edm2lib import files
 from edm2lib.pipeline import config as pipeline
+from edm2lib.pipeline.table import FLOOR_RUN
 from edm2lib.pipeline.steps import clear_fresh_request, request_fresh, training_identity
 
 DATA = f"data/{config['data']['name']}"
@@ -75,7 +76,6 @@ DETECTORS = pipeline.detector_settings(config, config["metrics"]["detectors"])
 # the data-specific classifier detector (detector.smk): an input of the rules whose features it computes
 CLASSIFIER = pipeline.classifier_path(config)
 CLASSIFIER_INPUT = {"classifier_file": CLASSIFIER} if "classifier" in config["metrics"]["detectors"] else {}
-FLOOR_RUN = "real-heldout"  # edm2lib.pipeline.table.FLOOR_RUN
 
 
 def all_floor(wildcards):
@@ -85,10 +85,7 @@ def all_floor(wildcards):
 
 def all_class_grids(wildcards):
     """Samples by class, for runs trained here: a released model's data set (ImageNet) is not on disk."""
-    if config["data"]["source"] == "official":
-        return []
-    trained = [p for p in POINTS if not config["runs"][p.run].get("source", "").startswith("official")]
-    return [f"results/grids/{p.run}/{p.name}.png" for p in trained]
+    return [f"results/grids/{p.run}/{p.name}.png" for p in POINTS if p.run in TRAINED]
 
 
 def all_metrics(wildcards):
