@@ -228,6 +228,30 @@ def _snapshots(directory: Path, shapes=None, times=(100, 200)) -> list[Path]:
     return [p for t in times for p in ema.save_snapshots(directory, net, t)]
 
 
+def test_fp16_outputs_are_the_fp32_outputs_rounded(trained, tmp_path, monkeypatch):
+    """Blocks of 7 columns in chunks of at most 40 elements: many chunks and blocks per tensor, ragged."""
+    snap_dir, _, _ = trained
+    monkeypatch.setattr(rec, "BLOCK", 7)
+    kw = {"progress": False, "chunk_numel": 40}
+    (wide,) = rec.reconstruct(snap_dir, 0.12, dtype="float32", out_dir=tmp_path / "32", **kw)
+    (narrow,) = rec.reconstruct(snap_dir, 0.12, dtype="float16", out_dir=tmp_path / "16", **kw)
+    wide, narrow = load_file(wide), load_file(narrow)
+    assert wide["lin1.weight"].numel() == 512 and narrow["lin1.weight"].dtype == torch.float16
+    for name in ("lin1.weight", "lin1.bias", "lin2.weight", "gain"):
+        assert torch.equal(narrow[name], wide[name].half()), name
+
+
+def test_a_snapshot_holding_nan_is_named_and_nothing_is_written(tmp_path):
+    paths = _snapshots(tmp_path / "s")
+    meta = files.read_network_meta(paths[1])
+    sd = load_file(paths[1])
+    sd["weight"][1, 0] = float("nan")
+    files.save_network(paths[1], sd, meta.pop("config"), nimg=meta["nimg"], sigma_rel=meta["sigma_rel"])
+    with pytest.raises(ValueError, match=rf"{paths[1].name}: tensor weight holds inf or NaN"):
+        rec.reconstruct(paths, 0.07, out_dir=tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
+
+
 def test_mismatched_shapes_and_keys_name_the_file_and_key(tmp_path):
     paths = _snapshots(tmp_path / "a") + _snapshots(tmp_path / "b", shapes=(4, 2), times=(300,))
     with pytest.raises(ValueError, match=r"snapshot-000000000300-0\.050\.safetensors: key weight"):

@@ -31,6 +31,7 @@ import numpy as np
 from safetensors import safe_open
 
 from edm2lib import files
+from edm2lib.phema import half
 from edm2lib.phema.profiles import posthoc_coefficients, profile_error, sigma_rel_to_gamma
 
 _ITEMSIZE = {
@@ -47,7 +48,8 @@ _ITEMSIZE = {
 }
 _FLOATS = {"F64", "F32", "F16", "BF16"}
 _OUT_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16"}  # output dtype -> safetensors name
-CHUNK_NUMEL = 1 << 16  # elements per input per read: small enough for the mixing to stay in the CPU cache
+CHUNK_NUMEL = 1 << 16  # elements per input per read
+BLOCK = 4096  # columns converted and mixed at a time: the fp32 scratch then stays in the CPU cache
 MAPPED_BYTES = 128 << 20  # reopen the inputs after reading this much: touched mapped pages count in RSS
 
 
@@ -163,9 +165,11 @@ class _Mixer:
     """coeffs^T @ [one chunk of a tensor from every input] in fp32, on a pool of worker threads.
 
     `mix` reads the chunk from every input on the calling thread and returns a Future of the [targets,
-    numel] result. Each worker converts into its own reused fp32 buffers (fresh large allocations
-    page-fault on every chunk and cost more than the arithmetic); results come from a fixed set of
-    buffers, each handed back by `release` once written, which also bounds the chunks in flight.
+    numel] result. A worker gathers the chunk's inputs, then converts and mixes BLOCK columns at a time so
+    that its fp32 scratch stays in the CPU cache; fp16 goes through `half`'s integer conversions. Scratch
+    buffers are per worker and reused (fresh large allocations page-fault on every chunk and cost more than
+    the arithmetic); results come from a fixed set of buffers, each handed back by `release` once
+    written, which also bounds the chunks in flight.
     """
 
     def __init__(self, coeffs: np.ndarray, chunk_numel: int, dtype: np.dtype, workers: int) -> None:
@@ -177,38 +181,55 @@ class _Mixer:
         for _ in range(2 * workers + 2):  # computing, queued for the writer, being written
             self.free.put(None)  # allocated on first use, at the size needed
 
-    def mix(self, files: list[Any], name: str, rows: slice | None) -> Future:
-        """Future [targets, numel] values of tensor `name` (rows `rows`, None: all); reads each file once."""
+    def mix(self, files: list[Any], name: str, rows: slice | None, paths: list[Path]) -> Future:
+        """Future [targets, numel] values of tensor `name` (rows `rows`, None: all); reads each file once.
+        `paths` name the files in errors."""
         parts = [_numpy(f.get_tensor(name) if rows is None else f.get_slice(name)[rows]) for f in files]
-        return self.pool.submit(self._combine, parts, self.free.get())
+        return self.pool.submit(self._combine, parts, self.free.get(), name, paths)
 
     def release(self, result: np.ndarray) -> None:
         """Hand a written result's buffer back for a later chunk."""
         self.free.put(result.base if result.base is not None else result)
 
-    def _combine(self, parts: list[np.ndarray], buffer: np.ndarray | None) -> np.ndarray:
-        k, n = self.coeffs_t.shape[0], parts[0].size
+    def _combine(self, parts: list[np.ndarray], buffer: np.ndarray | None, name: str, paths) -> np.ndarray:
+        (k, s), n = self.coeffs_t.shape, parts[0].size
         if buffer is None or buffer.size < k * n:
             buffer = np.empty(k * max(n, self.chunk_numel), dtype=self.dtype)
         result = buffer[: k * n].reshape(k, n)
-        inputs, out = self._scratch(n)
+        fp16 = all(p.dtype == np.float16 for p in parts)
+        gathered = self._buffer("fp16" if fp16 else "fp32", s, n, np.float16 if fp16 else np.float32)
         for i, part in enumerate(parts):
-            np.copyto(inputs[i], part)  # fp16 -> fp32 on the fly
-        if out is None:
-            np.matmul(self.coeffs_t, inputs, out=result)  # EDM2 Sec. 3.2: theta_k = sum_i X_ik theta_i
-        else:
-            np.copyto(result, np.matmul(self.coeffs_t, inputs, out=out), "same_kind")
+            np.copyto(gathered[i], part)  # reads the mapped file; converts (non-fp16 inputs) to fp32
+        if fp16 and half.nonfinite(gathered, self._buffer("bits16", s, n, np.uint16)):
+            bad = next(i for i, p in enumerate(parts) if not np.isfinite(p).all())
+            raise ValueError(f"{paths[bad]}: tensor {name} holds inf or NaN; it cannot be averaged")
+        for j in range(0, n, BLOCK):
+            b = min(BLOCK, n - j)
+            if fp16:
+                x = half.to_float32(gathered[:, j : j + b], self._buffer("in", s, b, np.int32))
+            else:
+                x = gathered[:, j : j + b]
+            y = self._buffer("out", k, b, np.float32)
+            np.matmul(self.coeffs_t, x, out=y)  # EDM2 Sec. 3.2: theta_k = sum_i X_ik theta_i
+            if self.dtype == np.float16:
+                work = (
+                    *(self._buffer(f"work{w}", k, b, np.int32) for w in range(3)),
+                    self._buffer("low", k, b, bool),
+                )
+                half.to_float16(y, result[:, j : j + b], work)
+            else:
+                np.copyto(result[:, j : j + b], y, "same_kind")
         return result
 
-    def _scratch(self, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """This worker's fp32 [inputs, n] buffer and (for non-fp32 outputs) its fp32 [targets, n] one."""
-        (k, s), local = self.coeffs_t.shape, self.local
-        if getattr(local, "numel", 0) < n:
-            local.numel = max(n, self.chunk_numel)
-            local.inputs = np.empty(s * local.numel, dtype=np.float32)
-            local.out = None if self.dtype == np.float32 else np.empty(k * local.numel, dtype=np.float32)
-        inputs = local.inputs[: s * n].reshape(s, n)
-        return inputs, None if local.out is None else local.out[: k * n].reshape(k, n)
+    def _buffer(self, key: str, rows: int, cols: int, dtype: Any) -> np.ndarray:
+        """This worker's reused [rows, cols] buffer `key`, grown (never shrunk) as chunks need."""
+        buffers = self.local.__dict__.setdefault("buffers", {})
+        flat = buffers.get(key)
+        if flat is None or flat.size < rows * cols:
+            flat = buffers[key] = np.empty(
+                rows * max(cols, BLOCK, 2 * (flat.size // rows if flat is not None else 0)), dtype
+            )
+        return flat[: rows * cols].reshape(rows, cols)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -374,7 +395,9 @@ def reconstruct(
                     handles.account(value.nbytes)
                 continue
             for span in _row_spans(shape, chunk_numel):
-                pending.append(mixer.mix(list(handles.files.values()), name, span))
+                pending.append(
+                    mixer.mix(list(handles.files.values()), name, span, list(handles.paths.values()))
+                )
                 numel = math.prod(shape) if span is None else (span.stop - span.start) * math.prod(shape[1:])
                 handles.account(numel * _ITEMSIZE[dt] * len(handles.files))
                 write_ready(workers)
