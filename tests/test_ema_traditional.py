@@ -8,12 +8,8 @@ import pytest
 import torch
 
 from edm2lib import files
-from edm2lib.phema.ema import (
-    PowerFunctionEMA,
-    TraditionalEMA,
-    traditional_sigma_rel,
-    traditional_weights,
-)
+from edm2lib.phema.ema import PowerFunctionEMA, TraditionalEMA
+from edm2lib.phema.profiles import traditional_sigma_rel, traditional_weights
 from edm2lib.phema.reconstruct import find_snapshots
 from edm2lib.training import checkpoint, loop
 from edm2lib.training.config import TrainConfig

@@ -1,4 +1,5 @@
-"""Power-function EMA math: sigma_rel <-> gamma, per-step beta, profile inner products, the post-hoc solve."""
+"""EMA profile math (numpy only): sigma_rel <-> gamma, per-step beta, profile inner products, the post-hoc
+solve, and the traditional EMA's profile (CONFIG A)."""
 
 from __future__ import annotations
 
@@ -109,3 +110,45 @@ def profile_error(in_nimg, in_sigma_rel, out_nimg, out_sigma_rel) -> np.ndarray:
     """Relative L2 error ||reconstructed profile - ideal profile|| / ||ideal profile|| per target."""
     _, err2, qq = _solve(in_nimg, in_sigma_rel, out_nimg, out_sigma_rel)
     return np.sqrt(np.maximum(err2, 0.0) / qq)
+
+
+def traditional_halflife(nimg_before: int, halflife_nimg: float, rampup_ratio: float | None) -> float:
+    """EDM's half-life in images at training time `nimg_before` (images seen before the step): the
+    configured one, shortened early in training to `rampup_ratio * nimg_before` (EDM's ramp-up)."""
+    if rampup_ratio is None:
+        return float(halflife_nimg)
+    return min(float(halflife_nimg), nimg_before * rampup_ratio)  # Karras et al. 2022 (EDM) training loop
+
+
+def traditional_beta(
+    nimg_before: int, batch_size: int, halflife_nimg: float, rampup_ratio: float | None
+) -> float:
+    """Per-step decay of a traditional EMA: beta = 0.5 ** (batch / half-life) (EDM2 App. B.1, CONFIG A)."""
+    halflife = traditional_halflife(nimg_before, halflife_nimg, rampup_ratio)
+    return 0.5 ** (batch_size / max(halflife, 1e-8))  # first step (half-life 0 with ramp-up): beta 0 -> copy
+
+
+def traditional_weights(
+    nimg: int, batch_size: int, halflife_nimg: float, rampup_ratio: float | None
+) -> np.ndarray:
+    """Weight of the network after each step k = 1..nimg/batch in a traditional EMA at `nimg` (sums to 1)."""
+    steps = int(nimg) // int(batch_size)
+    before = np.arange(steps, dtype=np.float64) * batch_size  # images seen before step k
+    halflife = np.full(steps, float(halflife_nimg))
+    if rampup_ratio is not None:
+        halflife = np.minimum(halflife, before * rampup_ratio)
+    with np.errstate(divide="ignore"):
+        log_beta = np.log(0.5) * batch_size / np.maximum(halflife, 1e-8)
+    later = np.concatenate([np.cumsum(log_beta[::-1])[::-1][1:], [0.0]])  # sum of log beta_j for j > k
+    return (1 - np.exp(log_beta)) * np.exp(later)  # ema = sum_k (1 - beta_k) prod_{j>k} beta_j theta_k
+
+
+def traditional_sigma_rel(
+    nimg: int, batch_size: int, halflife_nimg: float, rampup_ratio: float | None
+) -> float:
+    """The std of a traditional EMA's averaging profile relative to training time `nimg` (EDM2 Eq. 2's
+    sigma_rel, the x-axis of Fig. 5a where CONFIG A is one point)."""
+    w = traditional_weights(nimg, batch_size, halflife_nimg, rampup_ratio)
+    t = np.arange(1, len(w) + 1, dtype=np.float64) * batch_size  # network k is the one at time k * batch
+    mean = np.sum(w * t)
+    return float(np.sqrt(np.sum(w * (t - mean) ** 2)) / nimg)

@@ -29,8 +29,7 @@ def plot_traditional_profile(
     import numpy as np
     from matplotlib.figure import Figure
 
-    from edm2lib.phema.ema import traditional_weights
-    from edm2lib.phema.profiles import sigma_rel_to_gamma
+    from edm2lib.phema.profiles import sigma_rel_to_gamma, traditional_weights
 
     metas = {files.read_network_meta(p)["nimg"]: files.read_network_meta(p) for p in snapshots}
     fig = Figure(figsize=(8, 4.5), dpi=120)

@@ -304,7 +304,7 @@ def traditional_sigma_rel(run: Mapping[str, Any], nimg: int) -> float | None:
 
 @functools.lru_cache(maxsize=1024)
 def _traditional_sigma_rel_of(run_json: str, nimg: int) -> float | None:  # the DAG asks once per point
-    from edm2lib.phema.ema import traditional_sigma_rel as profile_sigma_rel
+    from edm2lib.phema.profiles import traditional_sigma_rel as profile_sigma_rel
 
     cfg = resolved_training(json.loads(run_json))
     if cfg.ema != "traditional":
