@@ -16,6 +16,7 @@ validate_config(config, workflow.source_path("workflow/schemas/config.schema.yam
 report: "workflow/report/workflow.rst"  # `snakemake --report`: shows the effective config
 
 
+include: "workflow/rules/snakemake_fixes.smk"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/prepare.smk"
 include: "workflow/rules/encode.smk"

@@ -122,17 +122,3 @@ def official_targets(wildcards):
     """The ours-vs-paper plot, for configs with released runs."""
     return ["results/ours_vs_paper.png"] if POSTHOC_RUNS or RAW_RUNS else []
 
-
-def _list_only_real_params_changes():
-    """`snakemake --list-changes params` on Snakemake 9.27 lists the last output of every job, changed or
-    not: a `ParamsChange` without a change still iterates the files it was checked for. Make such a change
-    iterate nothing (a no-op on a Snakemake that already does so); the rerun decisions never iterate it."""
-    try:
-        from snakemake.persistence import ParamsChange
-    except ImportError:  # another Snakemake: nothing to correct
-        return
-    if list(ParamsChange(files={"unchanged"})):
-        ParamsChange.__iter__ = lambda self: iter(self.files if self else ())
-
-
-_list_only_real_params_changes()

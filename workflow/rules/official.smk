@@ -2,6 +2,8 @@
 # post-hoc reconstructions -> runs/<run>/phema/ (source: official), raw EMA snapshots -> runs/<run>/snapshots/
 # (source: official-raw, then the normal phema rule), published reference statistics -> data/<name>/ref-*.npz
 # (data.source: official). Each rule exists only when the config uses it, so other configs are unchanged.
+# Params carry what the outputs depend on; where the files come from (`official`: local folder, download
+# folder and switch, mirror URL) does not change them (checksummed), so the scripts read it from the config.
 if POSTHOC_RUNS:
 
     rule official_posthoc:
@@ -17,7 +19,6 @@ if POSTHOC_RUNS:
         params:
             run=lambda wildcards: config["runs"][wildcards.run],
             targets=lambda wildcards: pipeline.phema_targets(config, wildcards.run),
-            official=config["official"],
         threads: 1
         resources:
             mem_mb=8000,
@@ -44,7 +45,6 @@ if RAW_RUNS:
             "benchmarks/official_raw/{run}.tsv"
         params:
             run=lambda wildcards: config["runs"][wildcards.run],
-            official=config["official"],
             snapshots=lambda wildcards: f"runs/{wildcards.run}/snapshots",
         threads: 1
         resources:
@@ -66,9 +66,9 @@ if config["data"]["source"] == "official":
         log:
             f"logs/official_refs/{config['data']['name']}.log",
         params:
-            data=config["data"],
-            metrics=config["metrics"],
-            official=config["official"],
+            refs=config["data"].get("refs") or config["data"]["name"],
+            resolution=config["data"]["resolution"],
+            detectors=pipeline.detector_settings(config, config["metrics"]["detectors"]),
         threads: 2
         resources:
             mem_mb=16000,
