@@ -18,6 +18,7 @@ _SIGN_AND_MAGNITUDE = np.int32(-0x70000001)  # 0x8FFFFFFF: a half's bits << 13 w
 _SCALE_UP = np.float32(2.0**_REBIAS)
 _ROUND_AND_REBIAS = np.int32(0x0FFF - (_REBIAS << 23))  # half an output ulp minus one, then rebias
 _EXPONENT_BITS = np.uint16(0x7C00)
+_INFINITY = 0x7C00  # a half's bits for +infinity
 _MIN_NORMAL = 0x0400  # the smallest normal half's bits: below it the half is subnormal (or zero)
 
 
@@ -53,7 +54,8 @@ def to_float16(x: np.ndarray, out: np.ndarray, work: tuple[np.ndarray, ...]) -> 
     np.add(magnitude, odd, out=magnitude)
     np.add(magnitude, _ROUND_AND_REBIAS, out=magnitude)
     np.right_shift(magnitude, 13, out=magnitude)
-    np.minimum(magnitude, 0x7C00, out=magnitude)  # at or beyond 65520: infinity
+    if magnitude.max(initial=0) > _INFINITY:  # at or beyond 65520 (rare: one read instead of a clamp)
+        np.minimum(magnitude, _INFINITY, out=magnitude)
     np.less(magnitude, _MIN_NORMAL, out=low)  # rebiasing holds only for normal halves
     np.bitwise_or(magnitude, sign, out=magnitude)
     index = np.flatnonzero(low)
