@@ -21,6 +21,8 @@ def test_remembered_signatures_are_snakemakes_and_the_patches_apply_once():
         exec(source, {{}})  # a second include changes nothing
         assert common.get_function_params is patched and ScriptProcessor.process_job is process_job
         assert jobs.get_function_params is patched and rules.get_function_params is patched
+        import gc
+        assert gc.get_threshold()[0] >= 50_000
 
         class Resource:
             def evaluate(self, wildcards, input, attempt): ...

@@ -74,6 +74,17 @@ def _check_each_script_once():
     ScriptProcessor.process_job = process_job
 
 
+def _collect_garbage_less_often():
+    """The DAG of a paper sweep is hundreds of thousands of live objects, which Python's default cyclic-GC
+    threshold (a collection every 700 allocations) scans about 1,300 times during a dry run: 1.3-1.7 s of
+    it. Snakemake's objects rarely form garbage cycles: collect every 50,000 allocations (0.2 s)."""
+    import gc
+
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(gen0, 50_000), gen1, gen2)
+
+
 _list_only_real_params_changes()
+_collect_garbage_less_often()
 _remember_function_signatures()
 _check_each_script_once()
