@@ -172,8 +172,11 @@ class _Mixer:
     written, which also bounds the chunks in flight.
     """
 
-    def __init__(self, coeffs: np.ndarray, chunk_numel: int, dtype: np.dtype, workers: int) -> None:
+    def __init__(
+        self, coeffs: np.ndarray, chunk_numel: int, dtype: np.dtype, workers: int, paths: list[Path]
+    ) -> None:
         self.coeffs_t = np.ascontiguousarray(coeffs.T, dtype=np.float32)  # [targets, inputs]
+        self.paths = paths  # the inputs, in coefficient order: named in errors
         self.dtype, self.chunk_numel = np.dtype(dtype), chunk_numel
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="phema-mix")
         self.local = threading.local()
@@ -181,17 +184,16 @@ class _Mixer:
         for _ in range(2 * workers + 2):  # computing, queued for the writer, being written
             self.free.put(None)  # allocated on first use, at the size needed
 
-    def mix(self, files: list[Any], name: str, rows: slice | None, paths: list[Path]) -> Future:
-        """Future [targets, numel] values of tensor `name` (rows `rows`, None: all); reads each file once.
-        `paths` name the files in errors."""
+    def mix(self, files: list[Any], name: str, rows: slice | None) -> Future:
+        """Future [targets, numel] values of tensor `name` (rows `rows`, None: all); reads each file once."""
         parts = [_numpy(f.get_tensor(name) if rows is None else f.get_slice(name)[rows]) for f in files]
-        return self.pool.submit(self._combine, parts, self.free.get(), name, paths)
+        return self.pool.submit(self._combine, parts, self.free.get(), name)
 
     def release(self, result: np.ndarray) -> None:
         """Hand a written result's buffer back for a later chunk."""
         self.free.put(result.base if result.base is not None else result)
 
-    def _combine(self, parts: list[np.ndarray], buffer: np.ndarray | None, name: str, paths) -> np.ndarray:
+    def _combine(self, parts: list[np.ndarray], buffer: np.ndarray | None, name: str) -> np.ndarray:
         (k, s), n = self.coeffs_t.shape, parts[0].size
         if buffer is None or buffer.size < k * n:
             buffer = np.empty(k * max(n, self.chunk_numel), dtype=self.dtype)
@@ -202,7 +204,7 @@ class _Mixer:
             np.copyto(gathered[i], part)  # reads the mapped file; converts (non-fp16 inputs) to fp32
         if fp16 and half.nonfinite(gathered, self._buffer("bits16", s, n, np.uint16)):
             bad = next(i for i, p in enumerate(parts) if not np.isfinite(p).all())
-            raise ValueError(f"{paths[bad]}: tensor {name} holds inf or NaN; it cannot be averaged")
+            raise ValueError(f"{self.paths[bad]}: tensor {name} holds inf or NaN; it cannot be averaged")
         for j in range(0, n, BLOCK):
             b = min(BLOCK, n - j)
             if fp16:
@@ -222,13 +224,11 @@ class _Mixer:
         return result
 
     def _buffer(self, key: str, rows: int, cols: int, dtype: Any) -> np.ndarray:
-        """This worker's reused [rows, cols] buffer `key`, grown (never shrunk) as chunks need."""
+        """This worker's reused [rows, cols] buffer `key`, sized for a chunk (a longer row regrows it)."""
         buffers = self.local.__dict__.setdefault("buffers", {})
         flat = buffers.get(key)
         if flat is None or flat.size < rows * cols:
-            flat = buffers[key] = np.empty(
-                rows * max(cols, BLOCK, 2 * (flat.size // rows if flat is not None else 0)), dtype
-            )
+            flat = buffers[key] = np.empty(rows * max(cols, self.chunk_numel), dtype)
         return flat[: rows * cols].reshape(rows, cols)
 
     def close(self) -> None:
@@ -371,7 +371,11 @@ def reconstruct(
         outs = _open_outputs(stack, plan, inputs, layout, buffers, _OUT_DTYPES[out_dtype], out_dir)
         workers = workers or min(4, os.cpu_count() or 1)
         mixer = stack.enter_context(
-            contextlib.closing(_Mixer(plan.X[plan.rows], chunk_numel, np.dtype(out_dtype), workers))
+            contextlib.closing(
+                _Mixer(
+                    plan.X[plan.rows], chunk_numel, np.dtype(out_dtype), workers, list(handles.paths.values())
+                )
+            )
         )
         writer = stack.enter_context(contextlib.closing(_Writer(mixer.release)))
         pending: collections.deque[Future] = collections.deque()  # mixed chunks, in file order
@@ -395,9 +399,7 @@ def reconstruct(
                     handles.account(value.nbytes)
                 continue
             for span in _row_spans(shape, chunk_numel):
-                pending.append(
-                    mixer.mix(list(handles.files.values()), name, span, list(handles.paths.values()))
-                )
+                pending.append(mixer.mix(list(handles.files.values()), name, span))
                 numel = math.prod(shape) if span is None else (span.stop - span.start) * math.prod(shape[1:])
                 handles.account(numel * _ITEMSIZE[dt] * len(handles.files))
                 write_ready(workers)

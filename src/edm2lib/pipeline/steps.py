@@ -437,22 +437,27 @@ def official_raw(
 
 
 def official_refs(
-    data: Mapping[str, Any], metrics: Mapping[str, Any], official: Mapping[str, Any], out: Mapping[str, str]
+    refs: str,
+    resolution: int,
+    detectors: Mapping[str, Any],
+    download: bool,
+    official: Mapping[str, Any],
+    out: Mapping[str, str],
 ) -> dict[str, Any]:
-    """NVIDIA's published reference statistics -> data/<name>/ref-<detector>.npz, stamped with the identity
-    of the detectors `metrics` configures (the ones that score against them)."""
+    """NVIDIA's published reference statistics `refs` (e.g. img512) -> data/<name>/ref-<detector>.npz,
+    stamped with the identity of the detectors that score against them (`detector_settings`)."""
     from edm2lib.official import releases
     from edm2lib.official.refstats import import_dataset_refs
     from edm2lib.pipeline.table import load_detectors
 
-    pkl = _fetch(official, releases.refs_url(data.get("refs") or data["name"], official["base_url"]))
-    dets = {d.name: d for d in load_detectors(metrics, list(out))}
+    pkl = _fetch(official, releases.refs_url(refs, official["base_url"]))
+    dets = {d.name: d for d in load_detectors({**detectors, "download": download}, list(out))}
     metas = import_dataset_refs(
         pkl,
         out,
         {n: d.identity for n, d in dets.items()},
         {n: d.dim for n, d in dets.items()},
-        data["resolution"],
+        resolution,
     )
     print(json.dumps(metas, default=str))
     return metas
