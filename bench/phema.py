@@ -93,45 +93,16 @@ def cat_inputs(paths: list[Path]) -> float:
 def child(snap_dir: str, out_dir: str, grid: int, start: float) -> None:
     """Reconstruct the grid with a byte-counting safe_open; print wall time (from process start, imports
     included), bytes read, peak RSS and whether torch got imported."""
-    from safetensors import safe_open
-
     from edm2lib.phema import reconstruct as rec
+    from edm2lib.phema.tensorfile import TensorFile
 
-    read = [0]
+    read, real = [0], TensorFile.read
 
-    class Counting:
-        def __init__(self, path, framework):
-            self.f = safe_open(path, framework=framework)
+    def counting(self, name, first, out):
+        read[0] += out.nbytes
+        return real(self, name, first, out)
 
-        def __enter__(self):
-            self.f.__enter__()
-            return self
-
-        def __exit__(self, *exc):
-            return self.f.__exit__(*exc)
-
-        def keys(self):
-            return self.f.keys()
-
-        def get_tensor(self, name):
-            t = self.f.get_tensor(name)
-            read[0] += t.nbytes
-            return t
-
-        def get_slice(self, name):
-            sl = self.f.get_slice(name)
-
-            class Slice:
-                get_shape, get_dtype = sl.get_shape, sl.get_dtype
-
-                def __getitem__(self, rows):
-                    t = sl[rows]
-                    read[0] += t.nbytes
-                    return t
-
-            return Slice()
-
-    rec.safe_open = Counting
+    TensorFile.read = counting
     sigmas = np.linspace(0.010, 0.250, grid).tolist()
     outs = rec.reconstruct(snap_dir, sigmas, out_dir=out_dir, progress=False)
     wall = time.time() - start

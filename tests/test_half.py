@@ -70,3 +70,32 @@ def test_nonfinite_finds_an_infinity_or_nan(bad):
     assert not half.nonfinite(h, work)
     h[517] = bad
     assert half.nonfinite(h, work)
+
+
+def test_every_bfloat16_bit_pattern_widens_like_torch():
+    import torch
+
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    spaced = np.zeros(2 * bits.size, np.uint16)
+    spaced[::2] = bits
+    got = half.bfloat16_to_float32(spaced[::2], np.empty(bits.shape, np.int32))  # a strided view
+    want = torch.from_numpy(bits.view(np.int16).copy()).view(torch.bfloat16).float().numpy()
+    finite = np.isfinite(want)
+    assert np.array_equal(got.view(np.int32)[finite], want.view(np.int32)[finite])
+    assert np.array_equal(np.isnan(got), np.isnan(want)) and np.array_equal(
+        got[np.isinf(got)], want[np.isinf(want)]
+    )
+
+
+def test_nonfinite_reads_bfloat16_exponents():
+    bits = (
+        np.float32([1.0, -3.5, 2.0**121, -1e-30]).view(np.uint32) >> 16
+    )  # bf16 = the upper half of a float32
+    bits = bits.astype(np.uint16)
+    work = np.empty(bits.shape, np.uint16)
+    assert not half.nonfinite(bits, work, half.EXPONENT_BITS["BF16"])
+    assert half.nonfinite(
+        bits, work
+    )  # read as float16 bits, 2^121's pattern is an infinity: the mask matters
+    bits[2] = 0x7F80  # +inf
+    assert half.nonfinite(bits, work, half.EXPONENT_BITS["BF16"])

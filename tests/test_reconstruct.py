@@ -1,5 +1,6 @@
 """Streaming post-hoc reconstruction: matches online EMAs, reads each byte once, never half-writes."""
 
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,9 @@ from safetensors.torch import load_file, save_file
 
 from edm2lib import files
 from edm2lib.phema import reconstruct as rec
+from edm2lib.phema import tensorfile
 from edm2lib.phema.ema import PowerFunctionEMA
+from edm2lib.phema.tensorfile import TensorFile
 
 TRUE_SIGMA_RELS = (0.05, 0.10, 0.15, 0.20)
 BATCH, STEPS, EVERY = 4, 1600, 100  # 16 snapshot times x 2 tracked profiles
@@ -96,64 +99,37 @@ def test_reconstruction_matches_online_emas_for_the_whole_grid(trained, tmp_path
         assert len(meta["source"]) == 2 * t // (EVERY * BATCH)  # only snapshots at or before t
 
 
-class _CountingSafeOpen:
-    """safe_open that records (file, tensor, rows) of every read and the bytes returned."""
-
-    reads: list = []  # noqa: RUF012
-
-    def __init__(self, path, framework):
-        self.path, self.f = Path(path).name, safe_open(path, framework=framework)
-
-    def __enter__(self):
-        self.f.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.f.__exit__(*exc)
-
-    def keys(self):
-        return self.f.keys()
-
-    def get_tensor(self, name):
-        t = self.f.get_tensor(name)
-        self.reads.append((self.path, name, None, t.nbytes))
-        return t
-
-    def get_slice(self, name):
-        outer, sl = self, self.f.get_slice(name)
-
-        class Slice:
-            get_shape, get_dtype = sl.get_shape, sl.get_dtype
-
-            def __getitem__(self, rows):
-                t = sl[rows]
-                outer.reads.append((outer.path, name, (rows.start, rows.stop), t.nbytes))
-                return t
-
-        return Slice()
-
-
 def test_every_snapshot_byte_is_read_at_most_once(trained, tmp_path, monkeypatch):
     snap_dir, online, _ = trained
-    monkeypatch.setattr(rec, "safe_open", _CountingSafeOpen)
-    _CountingSafeOpen.reads = []
+    reads = []  # (file, tensor, first byte, bytes) of every read of tensor data
+    real = TensorFile.read
+
+    def counting(self, name, first, out):
+        itemsize = tensorfile.ITEMSIZE[self.tensors[name][0]]
+        reads.append((self.path.name, name, first * itemsize, out.nbytes))
+        return real(self, name, first, out)
+
+    monkeypatch.setattr(TensorFile, "read", counting)
     middle = min(online)
     sigmas = [0.03 + 0.01 * i for i in range(20)]
     rec.reconstruct(
         snap_dir, sigmas, [middle, max(online)], out_dir=tmp_path, chunk_numel=100, progress=False
     )
-    reads = _CountingSafeOpen.reads
-    assert len(reads) == len(set(r[:3] for r in reads))  # no (file, tensor, rows) read twice
-    assert any(r[2] is not None for r in reads)  # chunked reads were exercised
-    per_file = {}
-    for path, _, _, nbytes in reads:
-        per_file[path] = per_file.get(path, 0) + nbytes
+    assert any(first > 0 for _, _, first, _ in reads)  # chunked reads were exercised
     for path in snap_dir.glob("snapshot-*.safetensors"):
         with safe_open(str(path), framework="pt") as f:
-            data = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys())  # noqa: SIM118
-        assert per_file.get(path.name, 0) <= data
-    assert sum(per_file.values()) <= sum(p.stat().st_size for p in snap_dir.iterdir())
-    assert len(per_file) == 32 and len(list(tmp_path.glob("phema-*.safetensors"))) == 40
+            sizes = {k: f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys()}  # noqa: SIM118
+        for name, nbytes in sizes.items():
+            spans = sorted((a, n) for p, k, a, n in reads if (p, k) == (path.name, name))
+            if name in ("running_mean", "seen"):  # buffers: read from the last snapshot a target uses
+                assert sum(n for _, n in spans) in (0, nbytes), (path.name, name)
+            else:  # parameters: every byte read ...
+                assert sum(n for _, n in spans) == nbytes, (path.name, name)
+            assert all(a + n <= b for (a, n), (b, _) in itertools.pairwise(spans)), (
+                path.name,
+                name,
+            )  # ... once
+    assert len({p for p, *_ in reads}) == 32 and len(list(tmp_path.glob("phema-*.safetensors"))) == 40
 
 
 def test_a_crash_mid_reconstruction_leaves_no_output(trained, tmp_path, monkeypatch):
@@ -241,12 +217,18 @@ def test_fp16_outputs_are_the_fp32_outputs_rounded(trained, tmp_path, monkeypatc
         assert torch.equal(narrow[name], wide[name].half()), name
 
 
-def test_a_snapshot_holding_nan_is_named_and_nothing_is_written(tmp_path):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("bad", [float("nan"), float("-inf")])
+def test_a_snapshot_holding_nan_or_inf_is_named_and_nothing_is_written(tmp_path, dtype, bad):
     paths = _snapshots(tmp_path / "s")
-    meta = files.read_network_meta(paths[1])
-    sd = load_file(paths[1])
-    sd["weight"][1, 0] = float("nan")
-    files.save_network(paths[1], sd, meta.pop("config"), nimg=meta["nimg"], sigma_rel=meta["sigma_rel"])
+    for i, path in enumerate(paths):
+        meta = files.read_network_meta(path)
+        sd = {k: v.to(dtype) for k, v in load_file(path).items()}
+        if i == 1:
+            sd["weight"][1, 0] = bad
+        files.save_network(
+            path, sd, meta.pop("config"), dtype=None, nimg=meta["nimg"], sigma_rel=meta["sigma_rel"]
+        )
     with pytest.raises(ValueError, match=rf"{paths[1].name}: tensor weight holds inf or NaN"):
         rec.reconstruct(paths, 0.07, out_dir=tmp_path / "o", progress=False)
     assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
@@ -324,17 +306,29 @@ def test_the_cli_reconstructs_without_importing_torch(trained, tmp_path):
     assert out["lin1.weight"].dtype == torch.float32 and out["seen"].dtype == torch.int64
 
 
-def test_bf16_snapshots_are_read_through_torch_and_rejected_dtypes_named(tmp_path):
+def test_bf16_snapshots_give_the_fp32_result_of_their_values_and_rejected_dtypes_are_named(tmp_path):
     paths = _snapshots(tmp_path / "s")
-    for p in paths:  # rewrite as bf16 snapshots
+    for p in paths:  # rewrite as bf16 snapshots, and as fp32 snapshots of the same (bf16-rounded) values
         meta = files.read_network_meta(p)
         sd = {k: v.bfloat16() for k, v in load_file(p).items()}
-        files.save_network(
-            p, sd, meta.pop("config"), dtype=None, **{k: meta[k] for k in ("nimg", "sigma_rel")}
+        for kind, values in (("bf16", sd), ("f32", {k: v.float() for k, v in sd.items()})):
+            files.save_network(
+                tmp_path / kind / p.name,
+                values,
+                meta["config"],
+                dtype=None,
+                **{k: meta[k] for k in ("nimg", "sigma_rel")},
+            )
+    got = {}
+    for kind in ("bf16", "f32"):
+        (out,) = rec.reconstruct(
+            tmp_path / kind, 0.07, out_dir=tmp_path / f"o-{kind}", dtype="float32", progress=False
         )
-    (out,) = rec.reconstruct(paths, 0.07, out_dir=tmp_path / "o", dtype=torch.float32, progress=False)
-    got, last = load_file(out), load_file(paths[-1])
-    assert got["weight"].dtype == torch.float32
-    assert (got["weight"] - last["weight"].float()).abs().max() < 0.05  # an average of nearby snapshots
+        got[kind] = load_file(out)
+    assert got["bf16"]["weight"].dtype == torch.float32
+    for name, value in got["f32"].items():
+        assert torch.equal(got["bf16"][name], value), name  # bf16 widens exactly: the same arithmetic
+    last = load_file(tmp_path / "bf16" / paths[-1].name)
+    assert (got["bf16"]["weight"] - last["weight"].float()).abs().max() < 0.05  # nearby snapshots' mean
     with pytest.raises(ValueError, match=r"dtype 'int8'.*float16"):
-        rec.reconstruct(paths, 0.07, out_dir=tmp_path / "o2", dtype="int8", progress=False)
+        rec.reconstruct(tmp_path / "bf16", 0.07, out_dir=tmp_path / "o2", dtype="int8", progress=False)

@@ -1,4 +1,4 @@
-"""float16 <-> float32 conversion of numpy arrays by integer operations on the IEEE 754 bit layouts.
+"""float16 <-> float32 and bfloat16 -> float32 conversion of numpy arrays by integer operations on the bits.
 
 numpy casts float16 one element at a time (several ns each); these run as a handful of vectorised integer
 passes and give the same bits as numpy's casts for every finite value (round to nearest, ties to even).
@@ -7,6 +7,8 @@ a CPU this is most of its arithmetic (docs/phema.md, "Speed").
 
 binary16: sign bit 15, exponent bits 10-14 (bias 15), mantissa bits 0-9.
 binary32: sign bit 31, exponent bits 23-30 (bias 127), mantissa bits 0-22.
+bfloat16: the upper 16 bits of a binary32 (sign bit 15, exponent bits 7-14, mantissa bits 0-6); numpy has
+no bfloat16 dtype, so these arrays hold its bit patterns as uint16.
 """
 
 from __future__ import annotations
@@ -17,15 +19,24 @@ _REBIAS = 112  # 127 - 15: exponent bias of binary32 minus that of binary16
 _SIGN_AND_MAGNITUDE = np.int32(-0x70000001)  # 0x8FFFFFFF: a half's bits << 13 without its sign extension
 _SCALE_UP = np.float32(2.0**_REBIAS)
 _ROUND_AND_REBIAS = np.int32(0x0FFF - (_REBIAS << 23))  # half an output ulp minus one, then rebias
-_EXPONENT_BITS = np.uint16(0x7C00)
+EXPONENT_BITS = {"F16": np.uint16(0x7C00), "BF16": np.uint16(0x7F80)}  # by safetensors dtype name
 _INFINITY = 0x7C00  # a half's bits for +infinity
 _MIN_NORMAL = 0x0400  # the smallest normal half's bits: below it the half is subnormal (or zero)
 
 
-def nonfinite(h: np.ndarray, work: np.ndarray) -> bool:
-    """Whether a float16 array holds an infinity or NaN (all exponent bits set); `work`: uint16, h's shape."""
-    np.bitwise_and(h.view(np.uint16), _EXPONENT_BITS, out=work)
-    return bool(np.max(work, initial=0) == _EXPONENT_BITS)
+def nonfinite(h: np.ndarray, work: np.ndarray, exponent: np.uint16 = EXPONENT_BITS["F16"]) -> bool:
+    """Whether a float16 array (or bfloat16 bits, with `exponent=EXPONENT_BITS["BF16"]`) holds an infinity
+    or NaN: all exponent bits set. `work`: uint16, h's shape."""
+    np.bitwise_and(h.view(np.uint16), exponent, out=work)
+    return bool(np.max(work, initial=0) == exponent)
+
+
+def bfloat16_to_float32(b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns `b` (uint16, any strides) as float32, computed in the int32 array `out` (b's
+    shape): the same bits in the upper half, so every value (inf and NaN included) is kept exactly."""
+    np.copyto(out, b)  # zero-extends
+    np.left_shift(out, 16, out=out)
+    return out.view(np.float32)
 
 
 def to_float32(h: np.ndarray, out: np.ndarray) -> np.ndarray:

@@ -1,13 +1,13 @@
 """Streaming post-hoc EMA reconstruction of a (time x sigma_rel) grid, reading each snapshot byte once.
 
-Loop over tensor names; for each name read that tensor (in row chunks) from every snapshot that some target
-uses, form all targets' values with one matrix product in fp32, and append them to every output file. The
-outputs are streamed in the safetensors layout (the header is computable up front from shapes and dtypes),
-as temporary files renamed only when all of them are complete. Three stages overlap: this thread reads the
-chunks, a pool of workers converts and mixes them (numpy releases the GIL), a writer thread appends the
-results in order. Peak memory is O(workers x (snapshots + targets) x chunk), independent of the model size.
-numpy only: torch is imported solely for bf16 inputs (which numpy cannot hold), so the CLI starts in a
-fraction of a second.
+Loop over tensor names; for each name read that tensor (in chunks of elements) from every snapshot that some
+target uses, form all targets' values with one matrix product in fp32, and append them to every output
+file. The outputs are streamed in the safetensors layout (the header is computable up front from shapes and
+dtypes), as temporary files renamed only when all of them are complete. Two stages overlap: a pool of
+workers reads, converts and mixes chunks (positional reads and numpy release the GIL), a writer thread
+appends the results in order. Peak memory is O(workers x (snapshots + targets) x chunk), independent of
+the model size. numpy only (bf16 is widened by integer operations), so the CLI starts in a fraction of a
+second.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import json
 import math
 import os
 import queue
-import struct
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,29 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import safe_open
 
 from edm2lib import files
-from edm2lib.phema import half
+from edm2lib.phema import half, tensorfile
 from edm2lib.phema.profiles import posthoc_coefficients, profile_error, sigma_rel_to_gamma
+from edm2lib.phema.tensorfile import TensorFile
 
-_ITEMSIZE = {
-    "F64": 8,
-    "F32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "I64": 8,
-    "I32": 4,
-    "I16": 2,
-    "I8": 1,
-    "U8": 1,
-    "BOOL": 1,
-}
-_FLOATS = {"F64", "F32", "F16", "BF16"}
 _OUT_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16"}  # output dtype -> safetensors name
 CHUNK_NUMEL = 1 << 16  # elements per input per read
 BLOCK = 4096  # columns converted and mixed at a time: the fp32 scratch then stays in the CPU cache
-MAPPED_BYTES = 128 << 20  # reopen the inputs after reading this much: touched mapped pages count in RSS
 
 
 def find_snapshots(directory: str | os.PathLike) -> list[Path]:
@@ -86,97 +71,39 @@ def _read_inputs(paths: Sequence[Path]) -> list[tuple[Path, dict[str, Any]]]:
     return inputs
 
 
-def _layout(files: dict[Path, Any]) -> dict[str, tuple[str, list[int]]]:
+def _layout(inputs: Sequence[TensorFile]) -> dict[str, tuple[str, list[int]]]:
     """Tensor name -> (safetensors dtype, shape), identical across all files, else an error naming both."""
-    (first, f0), *rest = files.items()
-    layout = {k: (f0.get_slice(k).get_dtype(), list(f0.get_slice(k).get_shape())) for k in f0.keys()}  # noqa: SIM118 (safe_open handle)
-    unknown = {k: dt for k, (dt, _) in layout.items() if dt not in _ITEMSIZE}
-    if unknown:
-        raise ValueError(f"{first}: unsupported tensor dtypes {unknown}; expected one of {sorted(_ITEMSIZE)}")
-    for path, f in rest:
-        keys = set(f.keys())
-        if keys != set(layout):
+    first, *rest = inputs
+    for f in rest:
+        if set(f.tensors) != set(first.tensors):
             raise ValueError(
-                f"{path}: tensor keys differ from {first}: missing {sorted(set(layout) - keys)[:5]}, "
-                f"extra {sorted(keys - set(layout))[:5]}"
+                f"{f.path}: tensor keys differ from {first.path}: "
+                f"missing {sorted(set(first.tensors) - set(f.tensors))[:5]}, "
+                f"extra {sorted(set(f.tensors) - set(first.tensors))[:5]}"
             )
-        for k, (dt, shape) in layout.items():
-            got = (f.get_slice(k).get_dtype(), list(f.get_slice(k).get_shape()))
+        for k, (dt, shape) in first.tensors.items():
+            got = f.tensors[k]
             if got != (dt, shape):
-                raise ValueError(f"{path}: key {k} is {got[0]}{got[1]}, but {dt}{shape} in {first}")
-    return dict(sorted(layout.items()))
-
-
-def _header(layout: Iterable[tuple[str, str, list[int]]], meta: dict[str, Any]) -> tuple[bytes, int]:
-    """safetensors header (u64 length + JSON padded to 8 bytes) for tensors stored in `layout` order."""
-    entries: dict[str, Any] = {"__metadata__": {files.META_KEY: json.dumps(meta, sort_keys=True)}}
-    offset = 0
-    for name, dtype, shape in layout:
-        nbytes = math.prod(shape) * _ITEMSIZE[dtype]
-        entries[name] = {
-            "dtype": dtype,
-            "shape": shape,
-            "data_offsets": [offset, offset + nbytes],
-        }
-        offset += nbytes
-    raw = json.dumps(entries, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw)) + raw, offset
-
-
-class _Inputs:
-    """safe_open handles of the inputs, reopened every MAPPED_BYTES read so that the pages a memory map
-    has touched are released instead of accumulating (as resident file pages) up to the snapshot size."""
-
-    def __init__(self, paths: dict[int, Path], framework: str = "numpy") -> None:
-        self.paths, self.files, self.since_open, self.framework = paths, {}, 0, framework
-        self._open()
-
-    def _open(self) -> None:
-        self.close()
-        self.files = {
-            i: safe_open(str(p), framework=self.framework).__enter__() for i, p in self.paths.items()
-        }
-        self.since_open = 0
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.__exit__(None, None, None)
-        self.files = {}
-
-    def account(self, nbytes: int) -> None:
-        self.since_open += nbytes
-        if self.since_open > MAPPED_BYTES:
-            self._open()
-
-
-def _numpy(value: Any, raw: bool = False) -> np.ndarray:
-    """A read tensor as a flat numpy array: itself (numpy framework), or a torch bf16 one as fp32 values
-    (`raw`: its bytes unchanged, for buffers copied as they are)."""
-    if isinstance(value, np.ndarray):
-        return value.reshape(-1)
-    import torch  # only bf16 inputs are read through torch
-
-    value = value.contiguous().reshape(-1)
-    return value.view(torch.uint8).numpy() if raw else value.float().numpy()
+                raise ValueError(f"{f.path}: key {k} is {got[0]}{got[1]}, but {dt}{shape} in {first.path}")
+    return dict(sorted(first.tensors.items()))
 
 
 class _Mixer:
     """coeffs^T @ [one chunk of a tensor from every input] in fp32, on a pool of worker threads.
 
-    `mix` reads the chunk from every input on the calling thread and returns a Future of the [targets,
-    numel] result. A worker gathers the chunk's inputs, then converts and mixes BLOCK columns at a time so
-    that its fp32 scratch stays in the CPU cache; fp16 goes through `half`'s integer conversions. Scratch
-    buffers are per worker and reused (fresh large allocations page-fault on every chunk and cost more than
-    the arithmetic); results come from a fixed set of buffers, each handed back by `release` once
-    written, which also bounds the chunks in flight.
+    `mix` returns a Future of the [targets, count] result. A worker reads the chunk from every input
+    straight into its scratch, then widens and mixes BLOCK columns at a time so that its fp32 scratch stays
+    in the CPU cache; fp16 and bf16 go through `half`'s integer conversions. Scratch buffers are per worker
+    and reused (fresh large allocations page-fault on every chunk and cost more than the arithmetic);
+    results come from a fixed set of buffers, each handed back by `release` once written, which also
+    bounds the chunks in flight.
     """
 
     def __init__(
-        self, coeffs: np.ndarray, chunk_numel: int, dtype: np.dtype, workers: int, paths: list[Path]
+        self, coeffs: np.ndarray, inputs: list[TensorFile], chunk_numel: int, dtype: np.dtype, workers: int
     ) -> None:
         self.coeffs_t = np.ascontiguousarray(coeffs.T, dtype=np.float32)  # [targets, inputs]
-        self.paths = paths  # the inputs, in coefficient order: named in errors
+        self.inputs = inputs  # in coefficient order
         self.dtype, self.chunk_numel = np.dtype(dtype), chunk_numel
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="phema-mix")
         self.local = threading.local()
@@ -184,33 +111,26 @@ class _Mixer:
         for _ in range(2 * workers + 2):  # computing, queued for the writer, being written
             self.free.put(None)  # allocated on first use, at the size needed
 
-    def mix(self, files: list[Any], name: str, rows: slice | None) -> Future:
-        """Future [targets, numel] values of tensor `name` (rows `rows`, None: all); reads each file once."""
-        parts = [_numpy(f.get_tensor(name) if rows is None else f.get_slice(name)[rows]) for f in files]
-        return self.pool.submit(self._combine, parts, self.free.get(), name)
+    def mix(self, name: str, first: int, count: int) -> Future:
+        """Future [targets, count] values of elements [first, first + count) of tensor `name`."""
+        return self.pool.submit(self._combine, name, first, count, self.free.get())
 
     def release(self, result: np.ndarray) -> None:
         """Hand a written result's buffer back for a later chunk."""
         self.free.put(result.base if result.base is not None else result)
 
-    def _combine(self, parts: list[np.ndarray], buffer: np.ndarray | None, name: str) -> np.ndarray:
-        (k, s), n = self.coeffs_t.shape, parts[0].size
+    def _combine(self, name: str, first: int, n: int, buffer: np.ndarray | None) -> np.ndarray:
+        (k, s), dt = self.coeffs_t.shape, self.inputs[0].tensors[name][0]
         if buffer is None or buffer.size < k * n:
             buffer = np.empty(k * max(n, self.chunk_numel), dtype=self.dtype)
         result = buffer[: k * n].reshape(k, n)
-        fp16 = all(p.dtype == np.float16 for p in parts)
-        gathered = self._buffer("fp16" if fp16 else "fp32", s, n, np.float16 if fp16 else np.float32)
-        for i, part in enumerate(parts):
-            np.copyto(gathered[i], part)  # reads the mapped file; converts (non-fp16 inputs) to fp32
-        if fp16 and half.nonfinite(gathered, self._buffer("bits16", s, n, np.uint16)):
-            bad = next(i for i, p in enumerate(parts) if not np.isfinite(p).all())
-            raise ValueError(f"{self.paths[bad]}: tensor {name} holds inf or NaN; it cannot be averaged")
+        raw = self._buffer(f"raw-{dt}", s, n, tensorfile.RAW[dt])
+        for i, f in enumerate(self.inputs):
+            f.read(name, first, raw[i])
+        self._check_finite(raw, dt, name)
         for j in range(0, n, BLOCK):
             b = min(BLOCK, n - j)
-            if fp16:
-                x = half.to_float32(gathered[:, j : j + b], self._buffer("in", s, b, np.int32))
-            else:
-                x = gathered[:, j : j + b]
+            x = self._widen(raw[:, j : j + b], dt)
             y = self._buffer("out", k, b, np.float32)
             np.matmul(self.coeffs_t, x, out=y)  # EDM2 Sec. 3.2: theta_k = sum_i X_ik theta_i
             if self.dtype == np.float16:
@@ -222,6 +142,31 @@ class _Mixer:
             else:
                 np.copyto(result[:, j : j + b], y, "same_kind")
         return result
+
+    def _widen(self, raw: np.ndarray, dt: str) -> np.ndarray:
+        """A [inputs, columns] block of raw input elements as fp32 (exactly: every source value fits)."""
+        if dt == "F32":
+            return raw
+        if dt == "F64":
+            x = self._buffer("in", *raw.shape, np.float32)
+            np.copyto(x, raw, "same_kind")
+            return x
+        widen = half.to_float32 if dt == "F16" else half.bfloat16_to_float32
+        return widen(raw, self._buffer("in", *raw.shape, np.int32))
+
+    def _check_finite(self, raw: np.ndarray, dt: str, name: str) -> None:
+        """Refuse a chunk holding inf or NaN, naming the first input that holds one."""
+        if dt in ("F16", "BF16"):
+            exponent = half.EXPONENT_BITS[dt]
+            work = self._buffer("bits16", *raw.shape, np.uint16)
+            if not half.nonfinite(raw, work, exponent):
+                return
+            bad = next(i for i in range(len(raw)) if half.nonfinite(raw[i], work[i], exponent))
+        elif np.isfinite(raw).all():
+            return
+        else:
+            bad = next(i for i in range(len(raw)) if not np.isfinite(raw[i]).all())
+        raise ValueError(f"{self.inputs[bad].path}: tensor {name} holds inf or NaN; it cannot be averaged")
 
     def _buffer(self, key: str, rows: int, cols: int, dtype: Any) -> np.ndarray:
         """This worker's reused [rows, cols] buffer `key`, sized for a chunk (a longer row regrows it)."""
@@ -313,19 +258,14 @@ def _open_outputs(stack, plan: _Plan, inputs, layout, buffers, dtype, out_dir) -
             "buffers": sorted(buffers),
             **({"encoder": meta0["encoder"]} if "encoder" in meta0 else {}),
         }
-        header, nbytes = _header(((n, out_dtypes[n], shape) for n, (_, shape) in layout.items()), meta)
+        header, nbytes = tensorfile.header(
+            ((n, out_dtypes[n], shape) for n, (_, shape) in layout.items()),
+            {files.META_KEY: json.dumps(meta, sort_keys=True)},
+        )
         f = stack.enter_context(open(tmp, "wb"))  # noqa: SIM115 (closed by the stack)
         f.write(header)
         outs.append((f, len(header) + nbytes))
     return outs
-
-
-def _row_spans(shape: list[int], chunk_numel: int) -> list[slice | None]:
-    """Row ranges of at most ~chunk_numel elements (None: read the tensor whole)."""
-    if not shape or math.prod(shape) <= chunk_numel:
-        return [None]
-    step = max(1, chunk_numel // max(math.prod(shape[1:]), 1))
-    return [slice(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
 
 
 def reconstruct(
@@ -358,25 +298,18 @@ def reconstruct(
     inputs = _read_inputs(paths)
     plan = _Plan(inputs, out_sigma_rel, out_nimg)
     with contextlib.ExitStack() as stack:
-        handles = stack.enter_context(contextlib.closing(_Inputs({i: inputs[i][0] for i in plan.rows})))
-        layout = _layout({inputs[i][0]: f for i, f in handles.files.items()})
-        if any(dt == "BF16" for dt, _ in layout.values()):  # numpy has no bf16: read through torch
-            handles.framework = "pt"
-            handles._open()
+        opened = {}  # input index -> its open file, for the inputs some target uses
+        stack.callback(lambda: [f.close() for f in opened.values()])
+        for i in plan.rows:
+            opened[int(i)] = TensorFile(inputs[i][0])
+        layout = _layout(list(opened.values()))
         meta0 = inputs[plan.rows[-1]][1]
-        if "buffers" in meta0:
-            buffers = set(meta0["buffers"]) & set(layout)
-        else:
-            buffers = {k for k, (dt, _) in layout.items() if dt not in _FLOATS}
+        buffers = {k for k, (dt, _) in layout.items() if dt not in tensorfile.FLOATS}
+        buffers |= set(meta0.get("buffers", [])) & set(layout)
         outs = _open_outputs(stack, plan, inputs, layout, buffers, _OUT_DTYPES[out_dtype], out_dir)
         workers = workers or min(4, os.cpu_count() or 1)
-        mixer = stack.enter_context(
-            contextlib.closing(
-                _Mixer(
-                    plan.X[plan.rows], chunk_numel, np.dtype(out_dtype), workers, list(handles.paths.values())
-                )
-            )
-        )
+        mixer = _Mixer(plan.X[plan.rows], list(opened.values()), chunk_numel, np.dtype(out_dtype), workers)
+        stack.enter_context(contextlib.closing(mixer))
         writer = stack.enter_context(contextlib.closing(_Writer(mixer.release)))
         pending: collections.deque[Future] = collections.deque()  # mixed chunks, in file order
 
@@ -391,17 +324,15 @@ def reconstruct(
 
             tensors = tqdm(tensors, desc="reconstruct", unit="tensor", total=len(layout))
         for name, (dt, shape) in tensors:
+            numel = math.prod(shape)
             if name in buffers:  # copied from the last input each target uses; one read per input
                 write_ready(0)  # the outputs are appended in layout order
                 for i in sorted(set(plan.last)):
-                    value = _numpy(handles.files[i].get_tensor(name), raw=True)
+                    value = opened[i].read(name, 0, np.empty(numel * tensorfile.ITEMSIZE[dt], np.uint8))
                     writer.put((outs[k][0], value) for k, j in enumerate(plan.last) if j == i)
-                    handles.account(value.nbytes)
                 continue
-            for span in _row_spans(shape, chunk_numel):
-                pending.append(mixer.mix(list(handles.files.values()), name, span))
-                numel = math.prod(shape) if span is None else (span.stop - span.start) * math.prod(shape[1:])
-                handles.account(numel * _ITEMSIZE[dt] * len(handles.files))
+            for first in range(0, numel, chunk_numel):
+                pending.append(mixer.mix(name, first, min(chunk_numel, numel - first)))
                 write_ready(workers)
         write_ready(0)
         writer.close()
