@@ -400,3 +400,18 @@ def test_compile_auto_means_cuda_only():
     assert not compiled.wants_compile("auto", torch.device("cpu"))
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert compiled.wants_compile(True, cpu) and not compiled.wants_compile(False, cuda)
+
+
+def test_the_cpu_compile_keeps_the_network_layout(monkeypatch):
+    seen = []
+
+    def recording(fn, **kwargs):
+        seen.append(kwargs)
+        return fn
+
+    monkeypatch.setattr(compiled.torch, "compile", recording)
+    compiled.LossStep(True, device="cpu")
+    compiled.LossStep(True, device=torch.device("cuda", 0))
+    cpu, cuda = (kw["options"] for kw in seen)
+    assert cpu == {"fallback_random": True, "layout_optimization": False}  # channels-last: 0.55x eager
+    assert cuda == {"fallback_random": True} and all(kw["dynamic"] is False for kw in seen)

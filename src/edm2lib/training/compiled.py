@@ -4,6 +4,11 @@
 outweighs its per-step gain for runs of less than hours (docs/training.md, "Speed of the step"). A compile
 failure, at the first step or at a later recompile, falls back to eager with one warning; the global RNG
 (dropout draws) is restored first, so the eager retry draws what the compiled call would have.
+
+On the CPU inductor's layout optimisation (convolutions in channels-last) is switched off: with it, the
+attention's per-head q/k/v normalisation becomes a reduction that opens one OpenMP region per pixel row,
+and the compiled edm2-demo step measured 0.55x eager; in the networks' own NCHW layout it is faster than
+eager (docs/training.md, "Speed of the step").
 """
 
 from __future__ import annotations
@@ -39,14 +44,22 @@ def micro_batch_loss(
     return total * scale, total.detach()
 
 
+def inductor_options(device: torch.device | str) -> dict[str, bool]:
+    """inductor settings of the compiled loss step on `device` (see the module docstring)."""
+    options = {"fallback_random": True}
+    if torch.device(device).type == "cpu":
+        options["layout_optimization"] = False
+    return options
+
+
 class LossStep:
     """Forward and backward of one micro-batch; returns the detached loss sum (no host sync)."""
 
-    def __init__(self, compile: bool, backend: str = "inductor"):
+    def __init__(self, compile: bool, backend: str = "inductor", device: torch.device | str = "cpu"):
         self.compiled = None
         self.failure: str | None = None  # why compiling failed, once it has
         if compile:  # inductor's fallback_random: dropout draws from the global RNG exactly as eager does
-            options = {"fallback_random": True} if backend == "inductor" else None
+            options = inductor_options(device) if backend == "inductor" else None
             try:  # static shapes: a run's micro-batches all have one shape
                 self.compiled = torch.compile(
                     micro_batch_loss, backend=backend, options=options, dynamic=False

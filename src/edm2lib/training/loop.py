@@ -110,7 +110,8 @@ class Trainer:
         if self.dist.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.net, device_ids=ids)
-        self.loss_step = LossStep(wants_compile(cfg.compile, self.device))  # docs/training.md: compile
+        compile = wants_compile(cfg.compile, self.device)  # docs/training.md, "Speed of the step"
+        self.loss_step = LossStep(compile, device=self.device)
 
     # ---- resume / checkpoint -------------------------------------------------------------------------
     def _resume(self) -> None:
