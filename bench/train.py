@@ -100,7 +100,7 @@ def engine_vs_eager(name: str, batch: int | None, steps: int, tmp: Path) -> dict
     """Compiled against eager `Trainer` steps of preset `name`, taken alternately (same load)."""
     from torch._inductor.utils import fresh_cache
 
-    with fresh_cache(dir=str(tmp / f"inductor-{name}")):  # a cold compile, as on a new machine
+    with fresh_cache(dir=str(tmp)):  # a cold compile in an empty cache, as on a new machine
         return _engine_vs_eager(name, batch or get_preset(name).batch, steps, tmp)
 
 
