@@ -96,3 +96,9 @@ def test_broken_files_are_refused_naming_the_file(stored, tmp_path):
         path = write(f"{name}.safetensors", data)
         with pytest.raises(ValueError, match=rf"{path.name}: .*{message}"):
             TensorFile(path)
+
+
+def test_a_strided_buffer_is_refused_not_silently_filled_elsewhere(stored):
+    f = TensorFile(stored)
+    with pytest.raises(ValueError, match="must be contiguous"):
+        f.read("a.weight", 0, np.empty((5, 2), np.float32)[:, 0])

@@ -283,9 +283,9 @@ def reconstruct(
 
     `snapshot_paths`: snapshot files or a directory of them. `out_nimg`: one time or a list of times
     (default: the latest snapshot time); the grid is times x `out_sigma_rel`. Parameters are averaged
-    (EDM2 Sec. 3.2), buffers (metadata `buffers`, else non-float tensors) come from the last input used.
+    (EDM2 Sec. 3.2); buffers (metadata `buffers`, and every non-float tensor) come from the last input used.
     `dtype`: of the averaged parameters, "float16"/"float32"/"float64" (a numpy or torch dtype also works).
-    `workers`: threads converting and mixing chunks (default: the CPU count, at most 4).
+    `workers`: threads reading, converting and mixing chunks (default: the CPU count, at most 4).
     """
     out_dtype = str(dtype).removeprefix("torch.")
     if out_dtype not in _OUT_DTYPES:

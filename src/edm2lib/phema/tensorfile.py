@@ -68,6 +68,8 @@ class TensorFile:
 
     def read(self, name: str, first: int, out: np.ndarray) -> np.ndarray:
         """Fill the contiguous array `out` with tensor `name`'s bytes from element `first` on; returns it."""
+        if not out.flags.c_contiguous:  # a reshape would copy, and the bytes would land in the copy
+            raise ValueError(f"reading {name} of {self.path}: the buffer must be contiguous")
         view = memoryview(out.reshape(-1).view(np.uint8))
         offset = self._offsets[name] + first * ITEMSIZE[self.tensors[name][0]]
         while view.nbytes:  # a regular file returns short reads only at its end
