@@ -4,8 +4,8 @@ Writes synthetic fp16 EMA snapshots (default 16 times x 2 profiles of a 19.9M-pa
 into a temporary directory, reads every file twice and times the second (warm page cache) read, then
 reconstructs a 31-point sigma_rel grid in a subprocess (the whole CLI run, imports included) that counts the
 tensor bytes it reads and reports its peak RSS; finally times `cat` of the inputs to /dev/null (warm) and
-writing as many files and bytes as the outputs hold once, then fsyncing them all at once (in parallel, as
-the reconstruction does). The I/O floor is that cat plus that write.
+writing as many files and bytes as the outputs hold once, the way the reconstruction writes (fsynced all at
+once, in parallel, then renamed). The I/O floor is that cat plus that write.
 The child also reports its CPU seconds (all threads): on a loaded machine the wall time mostly measures
 the load, the CPU time what the reconstruction costs.
 Run: `python bench/phema.py [--times 16] [--params-m 19.5] [--grid 31] [--threads 1]`.
@@ -69,24 +69,16 @@ def read_all(paths: list[Path], chunk: int = 16 << 20) -> tuple[float, int]:
 
 
 def write_all(directory: Path, sizes: list[int], chunk: int = 16 << 20) -> float:
-    """Seconds to write files of these sizes and fsync them all at once (in parallel, as the reconstruction
-    does): the floor for writing the outputs once, durably."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Seconds to write files of these sizes through `files.atomic_paths`, as the reconstruction writes its
+    outputs (fsynced all at once, then renamed): the floor for writing the outputs once, durably."""
     block = os.urandom(chunk)
-    start = time.perf_counter()
     paths = [directory / f"w{i}" for i in range(len(sizes))]
-    for path, size in zip(paths, sizes):
-        with open(path, "wb") as f:
-            for offset in range(0, size, chunk):
-                f.write(block[: min(chunk, size - offset)])
-
-    def fsync(path: Path) -> None:
-        with open(path, "rb+") as f:
-            os.fsync(f.fileno())
-
-    with ThreadPoolExecutor(max(1, min(16, len(paths)))) as pool:
-        list(pool.map(fsync, paths))
+    start = time.perf_counter()
+    with files.atomic_paths(paths) as tmps:
+        for tmp, size in zip(tmps, sizes):
+            with open(tmp, "wb") as f:
+                for offset in range(0, size, chunk):
+                    f.write(block[: min(chunk, size - offset)])
     seconds = time.perf_counter() - start
     for path in paths:
         path.unlink()
@@ -101,7 +93,7 @@ def cat_inputs(paths: list[Path]) -> float:
 
 
 def child(snap_dir: str, out_dir: str, grid: int, start: float) -> None:
-    """Reconstruct the grid with a byte-counting safe_open; print wall time (from process start, imports
+    """Reconstruct the grid, counting the tensor bytes read; print wall time (from process start, imports
     included), bytes read, peak RSS and whether torch got imported."""
     from edm2lib.phema import reconstruct as rec
     from edm2lib.phema.tensorfile import TensorFile

@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
-ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1}
-ITEMSIZE["BOOL"] = 1
+ITEMSIZE = {
+    **{"F64": 8, "F32": 4, "F16": 2, "BF16": 2},
+    **{"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1},
+}
 FLOATS = {"F64", "F32", "F16", "BF16"}
 # how a worker holds each float dtype's raw elements: bf16 as its bit pattern (numpy has no bf16)
 RAW = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}
